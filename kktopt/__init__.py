@@ -1,5 +1,49 @@
-"""kktopt: hard output constraints for deep networks in JAX."""
+"""kktopt: hard output constraints for deep networks in JAX.
 
+Optax transformations that, at every step, solve the KKT system of the
+linearised constraints (Marquez-Neila, Salzmann and Fua 2017) matrix-free
+with a JAX-native MINRES-QLP:
+
+>>> import optax, kktopt
+>>> def constraint_fn(params, batch):          # C(w) = 0 when satisfied
+...     return params["w"] @ batch
+>>> tx = optax.chain(optax.sgd(1e-2), kktopt.project_kkt(constraint_fn))
+"""
+
+from kktopt import active as active
+from kktopt import kkt as kkt
 from kktopt import krylov as krylov
+from kktopt.active import mine_active_constraints as mine_active_constraints
+from kktopt.kkt import KrylovKKT as KrylovKKT
+from kktopt.kkt import SchurKKT as SchurKKT
+from kktopt.transforms import GaussNewtonKKTState as GaussNewtonKKTState
+from kktopt.transforms import KKTInfo as KKTInfo
+from kktopt.transforms import ProjectKKTState as ProjectKKTState
+from kktopt.transforms import ScaleByAdamKKTState as ScaleByAdamKKTState
+from kktopt.transforms import constraint_penalty as constraint_penalty
+from kktopt.transforms import gauss_newton_kkt as gauss_newton_kkt
+from kktopt.transforms import hard_adam as hard_adam
+from kktopt.transforms import project_kkt as project_kkt
+from kktopt.transforms import scale_by_adam_kkt as scale_by_adam_kkt
+from kktopt.transforms import soft_constrained_loss as soft_constrained_loss
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "GaussNewtonKKTState",
+    "KKTInfo",
+    "KrylovKKT",
+    "ProjectKKTState",
+    "SchurKKT",
+    "ScaleByAdamKKTState",
+    "active",
+    "constraint_penalty",
+    "gauss_newton_kkt",
+    "hard_adam",
+    "kkt",
+    "krylov",
+    "mine_active_constraints",
+    "project_kkt",
+    "scale_by_adam_kkt",
+    "soft_constrained_loss",
+]

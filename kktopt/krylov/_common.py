@@ -218,17 +218,21 @@ class Lanczos(NamedTuple):
 
     ``r1``, ``r2`` are the last two unnormalised Lanczos vectors (beta_{k-1}
     v_{k-1} and beta_k v_k in the M-inner-product sense) and ``y = M^-1 r2``.
+    Without a preconditioner ``y`` is ``r2`` itself and is not carried
+    (``y = None``): one vector less in the loop state.
     """
 
     r1: PyTree
     r2: PyTree
-    y: PyTree
+    y: PyTree | None
     beta: jax.Array  # beta_k
     betan: jax.Array  # beta_{k+1}
 
 
-def lanczos_init(b: PyTree, y: PyTree, beta1: jax.Array) -> Lanczos:
-    return Lanczos(r1=b, r2=b, y=y, beta=jnp.zeros_like(beta1), betan=beta1)
+def lanczos_init(b: PyTree, y: PyTree, beta1: jax.Array, precond: Callable | None) -> Lanczos:
+    return Lanczos(
+        r1=b, r2=b, y=None if precond is None else y, beta=jnp.zeros_like(beta1), betan=beta1
+    )
 
 
 def lanczos_step(
@@ -241,13 +245,13 @@ def lanczos_step(
     preconditioner application).
     """
     beta = lz.betan
-    v = _tree.tree_scale(1 / beta, lz.y)
+    v = _tree.tree_scale(1 / beta, lz.r2 if precond is None else lz.y)
     p = matvec(v)
     p = _tree.tree_axpy(jnp.where(first, 0, -beta / jnp.where(first, 1, lz.beta)), lz.r1, p)
     alfa = _tree.tree_dot(v, p)
     p = _tree.tree_axpy(-alfa / beta, lz.r2, p)
     if precond is None:
-        y = p
+        y = None
         betan_sq = _tree.tree_dot(p, p)
         m_indefinite = jnp.array(False)
     else:

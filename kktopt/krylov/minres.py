@@ -53,7 +53,7 @@ def _minres_loop(matvec: Callable, b, precond, y0, beta1, istop0, s: _common.Set
     zero = jnp.zeros((), dtype)
     zeros = _tree.tree_zeros_like(b)
     init = _State(
-        x=zeros, w=zeros, wl=zeros, lz=_common.lanczos_init(b, y0, beta1),
+        x=zeros, w=zeros, wl=zeros, lz=_common.lanczos_init(b, y0, beta1, precond),
         k=jnp.zeros((), jnp.int32), istop=istop0,
         cs=-jnp.ones((), dtype), sn=zero, dltan=zero, eplnn=zero, phi=beta1,
         anorm=zero, gmax=zero, gmin=jnp.full((), jnp.inf, dtype), xnorm=zero,

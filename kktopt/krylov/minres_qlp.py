@@ -406,7 +406,7 @@ def minres_qlp(
       >>> from kktopt.krylov import minres_qlp
       >>> A = jnp.diag(jnp.array([-1.0, 0.0, 2.0]))
       >>> x, info = minres_qlp(A, jnp.array([1.0, 1.0, 1.0]))
-      >>> [round(float(v), 4) for v in x]
+      >>> [round(float(v), 4) + 0.0 for v in x]
       [-1.0, 0.0, 0.5]
     """
     return _common.run_solver(

@@ -1,0 +1,122 @@
+"""One linearisation of the constraint map per step (paper Sec. 4.2).
+
+``jax.linearize`` evaluates the constraints and keeps what the JVP needs;
+``jax.linear_transpose`` of that JVP is the VJP. Every Krylov iteration then
+costs one JVP and one VJP of the *linearised* map and never a new forward
+pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Linearization(NamedTuple):
+    """The constraint map C linearised at the current parameters.
+
+    Attributes:
+      c: the active constraint values, flattened to shape ``(m,)``; inactive
+        entries are 0.
+      mask: ``(m,)`` 1 where a constraint is active, 0 where it is not
+        (a satisfied inequality, or padding).
+      jvp: ``dw -> mask * (A dw)``, ``A = dC/dw`` (Rop in the paper).
+      vjp: ``lam -> A^T (mask * lam)`` (Lop in the paper).
+      shape: the shape of the constraint function's output.
+    """
+
+    c: jax.Array
+    mask: jax.Array
+    jvp: Callable[[PyTree], jax.Array]
+    vjp: Callable[[jax.Array], PyTree]
+    shape: tuple[int, ...]
+
+    @property
+    def num_active(self) -> jax.Array:
+        return jnp.sum(self.mask).astype(jnp.int32)
+
+
+def _check_output(out, params) -> None:
+    if not isinstance(out, jax.ShapeDtypeStruct | jax.Array):
+        kind = type(out).__name__
+        raise TypeError(
+            "constraint_fn(params, constraint_batch) must return one array of constraint "
+            f"values (each entry one constraint C_jk, 0 when satisfied); it returned a {kind}. "
+            "Stack several constraint groups with jnp.concatenate([c1.ravel(), c2.ravel()])."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"constraint_fn must return floating-point values, got dtype {out.dtype}: "
+            "constraints must be differentiable functions of the parameters."
+        )
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves:
+        dtype = jnp.result_type(*leaves)
+        if out.dtype != dtype:
+            raise TypeError(
+                f"constraint_fn returned dtype {out.dtype} but the parameters are {dtype}: "
+                f"cast its output with .astype({dtype.name!r}) so the KKT system has one dtype."
+            )
+
+
+def _check_params(params) -> None:
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params has no arrays: pass the trainable arrays (e.g. eqx.filter(model, eqx.is_array)).")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"params must contain only floating-point arrays, found dtype {jnp.result_type(leaf)}: "
+                "split a model with eqx.partition(model, eqx.is_inexact_array) and pass the arrays."
+            )
+
+
+def linearize_constraints(
+    constraint_fn: Callable[[PyTree, Any], jax.Array],
+    params: PyTree,
+    constraint_batch: Any,
+    *,
+    inequality: bool = False,
+) -> Linearization:
+    """Evaluate and linearise ``constraint_fn(params, constraint_batch)`` once.
+
+    Args:
+      constraint_fn: ``(params, constraint_batch) -> Array`` of constraint
+        values; equality constraints mean ``C = 0``.
+      params: the parameters (a pytree of float arrays).
+      constraint_batch: whatever ``constraint_fn`` takes as its second
+        argument (inputs of unlabeled samples, sphere centres, ...).
+      inequality: treat every constraint as ``C <= 0``: a satisfied one
+        (``C <= 0``) is inactive and contributes nothing, a violated one is
+        treated as an equality (paper Sec. 4.4).
+
+    Returns:
+      A :class:`Linearization`.
+    """
+    _check_params(params)
+    out_struct = jax.eval_shape(lambda p: constraint_fn(p, constraint_batch), params)
+    _check_output(out_struct, params)
+    shape = tuple(out_struct.shape)
+
+    def flat_fn(p):
+        return constraint_fn(p, constraint_batch).reshape(-1)
+
+    c, jvp_raw = jax.linearize(flat_fn, params)
+    vjp_raw = jax.linear_transpose(jvp_raw, params)
+    if inequality:
+        mask = (c > 0).astype(c.dtype)
+    else:
+        mask = jnp.ones_like(c)
+
+    def jvp(dw):
+        return mask * jvp_raw(dw)
+
+    def vjp(lam):
+        (out,) = vjp_raw(mask * lam)
+        return out
+
+    return Linearization(c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape)

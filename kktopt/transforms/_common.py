@@ -1,0 +1,140 @@
+"""State, diagnostics and the shared projection step of the hard transforms."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kktopt.active import AllSamples, Selector
+from kktopt.kkt import KrylovKKT, SchurKKT, linearize_constraints
+from kktopt.kkt._linearize import Linearization
+from kktopt.kkt._metric import Metric
+from kktopt.kkt._solve import KKTSolution
+from kktopt.krylov._info import SolverInfo
+
+PyTree = Any
+
+
+class _Missing:
+    def __repr__(self):
+        return "<missing>"
+
+
+MISSING = _Missing()
+
+
+class KKTInfo(NamedTuple):
+    """Diagnostics of the last hard step, kept in the optax state for logging.
+
+    Attributes:
+      solver: the inner solve's :class:`~kktopt.krylov.SolverInfo` (stop
+        code, iterations, residuals, condition estimate).
+      num_active: number of active constraint values.
+      violation_norm: ``||c||`` over the active constraints, before the step.
+      violation_max: ``max |c|`` over the active constraints, before the step.
+      linearized_residual: ``||A dw + c|| / ||c||`` after the solve, how well
+        the step meets the linearised constraints (0 when none is active;
+        -1 when the transform was built with ``check_constraints=False``).
+    """
+
+    solver: SolverInfo
+    num_active: jax.Array
+    violation_norm: jax.Array
+    violation_max: jax.Array
+    linearized_residual: jax.Array
+
+    @classmethod
+    def empty(cls, dtype) -> "KKTInfo":
+        f = jnp.zeros((), dtype)
+        return cls(SolverInfo.empty(dtype), jnp.zeros((), jnp.int32), f, f, f)
+
+
+def params_dtype(params: PyTree):
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params has no arrays.")
+    return jnp.result_type(*leaves)
+
+
+def require(params, constraint_batch, name: str, extra: str = "") -> None:
+    if params is None:
+        raise ValueError(
+            f"{name} projects onto constraints linearised at the current parameters: call "
+            f"tx.update(grads, state, params, constraint_batch=...{extra})."
+        )
+    if constraint_batch is MISSING:
+        raise ValueError(
+            f"{name} needs the inputs of its constraints: call "
+            f"tx.update(grads, state, params, constraint_batch=x_unlabeled{extra}) "
+            "(pass constraint_batch=None if constraint_fn ignores it)."
+        )
+
+
+def check_solver(solver) -> Any:
+    if solver is None:
+        return KrylovKKT()
+    if not isinstance(solver, (KrylovKKT, SchurKKT)):
+        raise TypeError(
+            f"solver must be a kktopt.KrylovKKT or kktopt.SchurKKT, got {type(solver).__name__}."
+        )
+    return solver
+
+
+def check_selector(active) -> Selector:
+    if active is None:
+        return AllSamples()
+    if not isinstance(active, Selector):
+        raise TypeError(
+            "active must be a selector such as kktopt.active.random_samples(k) or "
+            f"kktopt.active.mined_samples(k), got {type(active).__name__}."
+        )
+    return active
+
+
+def make_info(lin: Linearization, sol: KKTSolution, check_constraints: bool) -> KKTInfo:
+    c = lin.c
+    cnorm = jnp.linalg.norm(c)
+    if check_constraints:
+        res = jnp.linalg.norm(lin.jvp(sol.step) + c)
+        lin_res = jnp.where(cnorm > 0, res / jnp.where(cnorm > 0, cnorm, 1), 0)
+    else:
+        lin_res = jnp.full((), -1, c.dtype)
+    return KKTInfo(
+        solver=sol.info,
+        num_active=lin.num_active,
+        violation_norm=cnorm,
+        violation_max=jnp.max(jnp.abs(c), initial=0),
+        linearized_residual=lin_res.astype(c.dtype),
+    )
+
+
+def constrained_step(
+    *,
+    constraint_fn: Callable,
+    params: PyTree,
+    constraint_batch: Any,
+    selector: Selector,
+    selector_state: PyTree,
+    inequality: bool,
+    solver,
+    metric: Metric,
+    step: PyTree | None = None,
+    gradient: PyTree | None = None,
+    check_constraints: bool,
+):
+    """Select the active samples, linearise once, solve the KKT system.
+
+    Returns ``(dw, multipliers, info, new_selector_state)``.
+    """
+    sub_batch, selector_state = selector.select(constraint_fn, params, constraint_batch, selector_state)
+    lin = linearize_constraints(constraint_fn, params, sub_batch, inequality=inequality)
+    sol = solver.solve(lin, metric, step=step, gradient=gradient)
+    info = make_info(lin, sol, check_constraints)
+    return sol.step, sol.multipliers, info, selector_state
+
+
+def cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda x, y: x.astype(y.dtype), tree, like)
+
