@@ -91,13 +91,16 @@ def flat(tree):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
-def test_hard_sgd_matches_dense_eq5(x64, name):
+@pytest.mark.parametrize(
+    "name,jacobian",
+    [(n, "matrix_free") for n in sorted(SOLVERS)] + [("schur-dense", "per_sample"), ("krylov-qlp", "per_sample")],
+)
+def test_hard_sgd_matches_dense_eq5(x64, name, jacobian):
     params = init_mlp()
     batch, xc = data()
     lr = 0.05
     grads = jax.grad(loss_fn)(params, batch)
-    tx = optax.chain(optax.sgd(lr), kktopt.project_kkt(constraint_fn, solver=SOLVERS[name]))
+    tx = optax.chain(optax.sgd(lr), kktopt.project_kkt(constraint_fn, solver=SOLVERS[name], jacobian=jacobian))
     state = tx.init(params)
     dw, state = jax.jit(lambda g, s, p, x: tx.update(g, s, p, constraint_batch=x))(grads, state, params, xc)
     a, c, _ = dense_system(params, xc)
@@ -112,12 +115,15 @@ def test_hard_sgd_matches_dense_eq5(x64, name):
     np.testing.assert_allclose(float(info.violation_norm), np.linalg.norm(c), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["krylov-qlp", "schur-dense", "schur-qlp"])
-def test_hard_adam_matches_dense_eq12(x64, name):
+@pytest.mark.parametrize(
+    "name,jacobian",
+    [("krylov-qlp", "matrix_free"), ("schur-dense", "matrix_free"), ("schur-qlp", "matrix_free"), ("schur-dense", "per_sample")],
+)
+def test_hard_adam_matches_dense_eq12(x64, name, jacobian):
     params = init_mlp(2)
     batch, xc = data(3)
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
-    tx = kktopt.scale_by_adam_kkt(constraint_fn, lr, b1, b2, eps, solver=SOLVERS[name])
+    tx = kktopt.scale_by_adam_kkt(constraint_fn, lr, b1, b2, eps, solver=SOLVERS[name], jacobian=jacobian)
     ref_adam = optax.adam(lr, b1, b2, eps)
     state, rstate = tx.init(params), ref_adam.init(params)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, constraint_batch=xc))
@@ -434,6 +440,11 @@ def test_clear_errors():
         tx.update(g, tx.init(params), params, constraint_batch=xc)
     with pytest.raises(TypeError, match="Schur"):
         kktopt.gauss_newton_kkt(lambda p, b: p["b2"], constraint_fn, damping=1.0, solver=SchurKKT())
+    with pytest.raises(ValueError, match="jacobian"):
+        kktopt.project_kkt(constraint_fn, jacobian="dense")
+    bad = kktopt.project_kkt(lambda p, x: constraint_fn(p, x).T, jacobian="per_sample")
+    with pytest.raises(ValueError, match="sample axis"):
+        bad.update(g, bad.init(params), params, constraint_batch=xc)
     with pytest.raises(ValueError, match="damping"):
         kktopt.gauss_newton_kkt(lambda p, b: p["b2"], constraint_fn, damping=0.0)
 

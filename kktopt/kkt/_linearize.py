@@ -1,17 +1,28 @@
 """One linearisation of the constraint map per step (paper Sec. 4.2).
 
-``jax.linearize`` evaluates the constraints and keeps what the JVP needs;
-``jax.linear_transpose`` of that JVP is the VJP. Every Krylov iteration then
-costs one JVP and one VJP of the *linearised* map and never a new forward
-pass.
+Two ways to linearise, chosen with ``jacobian=``:
+
+* ``"matrix_free"`` (default): ``jax.linearize`` evaluates the constraints
+  and keeps what the JVP needs; ``jax.linear_transpose`` of that JVP is the
+  VJP. Every Krylov iteration then costs one JVP and one VJP of the
+  *linearised* map and never a new forward pass. Memory O(N_p).
+* ``"per_sample"``: for constraints that are separable over the samples of
+  the batch (the values of sample k depend only on sample k, as for any
+  per-example function of a network's output), the m x N_p Jacobian A is
+  formed by reverse mode on single samples, batched with ``jax.vmap``: J
+  VJPs of a one-sample network per sample, about the cost of one backward
+  pass over the batch per constraint index, instead of m VJPs of the whole
+  batch. Products with A are then matrix products. Memory O(m N_p).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -27,6 +38,11 @@ class Linearization(NamedTuple):
       jvp: ``dw -> mask * (A dw)``, ``A = dC/dw`` (Rop in the paper).
       vjp: ``lam -> A^T (mask * lam)`` (Lop in the paper).
       shape: the shape of the constraint function's output.
+      matrix: the dense ``(m, N_p)`` Jacobian (rows of inactive constraints
+        zeroed) over the flattened parameters when it was formed
+        (``jacobian="per_sample"``), else None.
+      unravel: maps a flat ``(N_p,)`` vector back to the parameter pytree
+        (with ``matrix``), else None.
     """
 
     c: jax.Array
@@ -34,6 +50,8 @@ class Linearization(NamedTuple):
     jvp: Callable[[PyTree], jax.Array]
     vjp: Callable[[jax.Array], PyTree]
     shape: tuple[int, ...]
+    matrix: jax.Array | None = None
+    unravel: Callable[[jax.Array], PyTree] | None = None
 
     @property
     def num_active(self) -> jax.Array:
@@ -81,6 +99,7 @@ def linearize_constraints(
     constraint_batch: Any,
     *,
     inequality: bool = False,
+    jacobian: Literal["matrix_free", "per_sample"] = "matrix_free",
 ) -> Linearization:
     """Evaluate and linearise ``constraint_fn(params, constraint_batch)`` once.
 
@@ -93,6 +112,9 @@ def linearize_constraints(
       inequality: treat every constraint as ``C <= 0``: a satisfied one
         (``C <= 0``) is inactive and contributes nothing, a violated one is
         treated as an equality (paper Sec. 4.4).
+      jacobian: ``"matrix_free"`` or ``"per_sample"`` (see the module
+        docstring; the latter needs constraints separable over the leading
+        sample axis of ``constraint_batch`` and of the output).
 
     Returns:
       A :class:`Linearization`.
@@ -101,6 +123,10 @@ def linearize_constraints(
     out_struct = jax.eval_shape(lambda p: constraint_fn(p, constraint_batch), params)
     _check_output(out_struct, params)
     shape = tuple(out_struct.shape)
+    if jacobian == "per_sample":
+        return _linearize_per_sample(constraint_fn, params, constraint_batch, inequality, shape)
+    if jacobian != "matrix_free":
+        raise ValueError(f"jacobian must be 'matrix_free' or 'per_sample', got {jacobian!r}.")
 
     def flat_fn(p):
         return constraint_fn(p, constraint_batch).reshape(-1)
@@ -120,3 +146,44 @@ def linearize_constraints(
         return out
 
     return Linearization(c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape)
+
+
+def _linearize_per_sample(constraint_fn, params, batch, inequality, shape) -> Linearization:
+    from kktopt.active import batch_size  # selectors and this share the sample-axis rule
+
+    b = batch_size(batch)
+    if len(shape) == 0 or shape[0] != b:
+        raise ValueError(
+            "jacobian='per_sample' needs constraint_fn to return values with the sample axis "
+            f"first: the batch has {b} samples but the output has shape {shape}."
+        )
+    flat_params, unravel = ravel_pytree(params)
+    per_sample = int(np.prod(shape[1:], dtype=np.int64))
+
+    def one(sample):
+        single = jax.tree_util.tree_map(lambda x: x[None], sample)
+
+        def f(fp):
+            return constraint_fn(unravel(fp), single)[0].reshape(-1)
+
+        values, pullback = jax.vjp(f, flat_params)
+        eye = jnp.eye(per_sample, dtype=values.dtype)
+        (rows,) = jax.vmap(pullback)(eye)
+        return values, rows
+
+    values, rows = jax.vmap(one)(batch)
+    c = values.reshape(-1)
+    matrix = rows.reshape(c.shape[0], -1)
+    mask = (c > 0).astype(c.dtype) if inequality else jnp.ones_like(c)
+    matrix = mask[:, None] * matrix
+    hi = jax.lax.Precision.HIGHEST
+
+    def jvp(dw):
+        return jnp.matmul(matrix, ravel_pytree(dw)[0], precision=hi)
+
+    def vjp(lam):
+        return unravel(jnp.matmul(lam, matrix, precision=hi))
+
+    return Linearization(
+        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, matrix=matrix, unravel=unravel
+    )

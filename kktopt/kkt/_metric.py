@@ -22,12 +22,15 @@ class Metric(NamedTuple):
       approx_inverse: ``v -> P^-1 v`` for an SPD approximation P of D, used to
         precondition the full KKT system (equals ``inverse`` when that exists).
       name: for messages.
+      inverse_diagonal: for a diagonal D, its inverse diagonal as a pytree
+        shaped like the parameters, or a scalar; None otherwise.
     """
 
     matvec: Callable[[PyTree], PyTree]
     inverse: Callable[[PyTree], PyTree] | None
     approx_inverse: Callable[[PyTree], PyTree]
     name: str
+    inverse_diagonal: PyTree | None = None
 
 
 def euclidean_metric() -> Metric:
@@ -36,7 +39,10 @@ def euclidean_metric() -> Metric:
     def identity(v):
         return v
 
-    return Metric(matvec=identity, inverse=identity, approx_inverse=identity, name="euclidean")
+    return Metric(
+        matvec=identity, inverse=identity, approx_inverse=identity, name="euclidean",
+        inverse_diagonal=1.0,
+    )
 
 
 def diagonal_metric(diag: PyTree) -> Metric:
@@ -48,7 +54,10 @@ def diagonal_metric(diag: PyTree) -> Metric:
     def inverse(v):
         return jax.tree_util.tree_map(jnp.divide, v, diag)
 
-    return Metric(matvec=matvec, inverse=inverse, approx_inverse=inverse, name="diagonal")
+    return Metric(
+        matvec=matvec, inverse=inverse, approx_inverse=inverse, name="diagonal",
+        inverse_diagonal=jax.tree_util.tree_map(lambda d: 1 / d, diag),
+    )
 
 
 def gauss_newton_metric(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,63 @@ def materialize(A, b: PyTree, *, shift=0.0) -> jax.Array:
 def _sym_sqrt(m: jax.Array) -> tuple[jax.Array, jax.Array]:
     lam, q = jnp.linalg.eigh(m)
     return (q * jnp.sqrt(jnp.maximum(lam, 0))) @ q.T, lam
+
+
+class PinvFactor(NamedTuple):
+    """Eigendecomposition of a symmetric matrix, truncated for its pseudo-inverse.
+
+    Attributes:
+      eigenvalues, eigenvectors: from ``jnp.linalg.eigh``.
+      inverse: 1 / lambda for the kept eigenvalues, 0 for the dropped ones.
+      anorm: max |lambda|.
+      kept_min: smallest kept |lambda|.
+    """
+
+    eigenvalues: jax.Array
+    eigenvectors: jax.Array
+    inverse: jax.Array
+    anorm: jax.Array
+    kept_min: jax.Array
+
+    def apply(self, b: jax.Array) -> jax.Array:
+        """pinv(A) @ b."""
+        q = self.eigenvectors
+        return jnp.matmul(q, self.inverse * jnp.matmul(q.T, b, precision=_HIGHEST), precision=_HIGHEST)
+
+
+def symmetric_pinv(mat: jax.Array, rcond) -> PinvFactor:
+    """Factor a symmetric matrix for ``pinv``, dropping |lambda| <= rcond * max |lambda|."""
+    lam, q = jnp.linalg.eigh(mat)
+    amax = jnp.max(jnp.abs(lam))
+    keep = jnp.abs(lam) > rcond * amax
+    inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
+    kept_min = jnp.min(jnp.where(keep, jnp.abs(lam), jnp.inf))
+    return PinvFactor(lam, q, inv, amax, kept_min)
+
+
+def dense_info(mat, b, x, factor: PinvFactor, rtol, istop) -> SolverInfo:
+    """SolverInfo of a dense solve ``mat x = b`` (true residuals; istop 0 means it ran)."""
+    r = b - jnp.matmul(mat, x, precision=_HIGHEST)
+    ar = jnp.matmul(mat, r, precision=_HIGHEST)
+    rnorm = jnp.linalg.norm(r)
+    arnorm = jnp.linalg.norm(ar)
+    xnorm = jnp.linalg.norm(x)
+    bnorm = jnp.linalg.norm(b)
+    amax = factor.anorm
+    relres = _common.safe_div(rnorm, amax * xnorm + bnorm)
+    relares = _common.safe_div(arnorm, amax * rnorm)
+    verdict = jnp.where(
+        bnorm == 0,
+        Stop.ZERO_RHS,
+        jnp.where(relres <= rtol, Stop.SOLVED_RTOL, Stop.LEAST_SQUARES_RTOL),
+    )
+    istop = jnp.where(istop == 0, verdict, istop).astype(jnp.int32)
+    izero = jnp.zeros((), jnp.int32)
+    return SolverInfo(
+        istop=istop, iterations=izero, minres_iterations=izero, qlp_iterations=izero,
+        rnorm=rnorm, arnorm=arnorm, relres=relres, relares=relares, anorm=amax,
+        acond=_common.safe_div(amax, factor.kept_min), xnorm=xnorm,
+    )
 
 
 def dense_solve(
@@ -105,39 +162,12 @@ def dense_solve(
         s = None
     abar = sym if s is None else s @ sym @ s
     bbar = rhs if s is None else s @ rhs
-    lam, q = jnp.linalg.eigh(abar)
-    amax = jnp.max(jnp.abs(lam))
-    keep = jnp.abs(lam) > rcond * amax
-    inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    xbar = q @ (inv * (q.T @ bbar))
+    factor = symmetric_pinv(abar, rcond)
+    xbar = factor.apply(bbar)
     dx = xbar if s is None else s @ xbar
     finite = jnp.all(jnp.isfinite(mat)) & jnp.all(jnp.isfinite(flat_b))
     istop = jnp.where(finite, istop, Stop.NONFINITE)
-    ok = istop == 0
-    dx = jnp.where(ok, dx, 0)
+    dx = jnp.where(istop == 0, dx, 0)
     x = flat_x0 + dx
-
-    r = flat_b - jnp.matmul(mat, x, precision=_HIGHEST)
-    ar = jnp.matmul(mat, r, precision=_HIGHEST)
-    rnorm = jnp.linalg.norm(r)
-    arnorm = jnp.linalg.norm(ar)
-    xnorm = jnp.linalg.norm(x)
-    bnorm = jnp.linalg.norm(flat_b)
-    relres = _common.safe_div(rnorm, amax * xnorm + bnorm)
-    relares = _common.safe_div(arnorm, amax * rnorm)
-    kept_min = jnp.min(jnp.where(keep, jnp.abs(lam), jnp.inf))
-    verdict = jnp.where(
-        bnorm == 0,
-        Stop.ZERO_RHS,
-        jnp.where(relres <= rtol, Stop.SOLVED_RTOL, Stop.LEAST_SQUARES_RTOL),
-    )
-    istop = jnp.where(ok, verdict, istop).astype(jnp.int32)
-    info = SolverInfo(
-        istop=istop,
-        iterations=jnp.zeros((), jnp.int32),
-        minres_iterations=jnp.zeros((), jnp.int32),
-        qlp_iterations=jnp.zeros((), jnp.int32),
-        rnorm=rnorm, arnorm=arnorm, relres=relres, relares=relares, anorm=amax,
-        acond=_common.safe_div(amax, kept_min), xnorm=xnorm,
-    )
+    info = dense_info(mat, flat_b, x, factor, rtol, istop)
     return _common.maybe_throw(unravel(x), info, throw, "dense_solve")

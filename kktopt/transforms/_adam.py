@@ -44,6 +44,7 @@ def scale_by_adam_kkt(
     solver: KrylovKKT | SchurKKT | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    jacobian: str = "matrix_free",
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Hard-Adam: Adam's step projected onto the linearised constraints in Adam's metric.
@@ -71,7 +72,8 @@ def scale_by_adam_kkt(
         :func:`project_kkt`).
       learning_rate: a float or an optax schedule.
       b1, b2, eps, eps_root: Adam's parameters, as in ``optax.adam``.
-      solver, active, inequality, check_constraints: as in :func:`project_kkt`.
+      solver, active, inequality, jacobian, check_constraints: as in
+        :func:`project_kkt`.
 
     Returns:
       A ``GradientTransformationExtraArgs``; call
@@ -82,6 +84,7 @@ def scale_by_adam_kkt(
     """
     solver = _common.check_solver(solver)
     selector = _common.check_selector(active)
+    _common.check_jacobian(jacobian)
     adam = optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
         optax.scale_by_learning_rate(learning_rate),
@@ -115,6 +118,7 @@ def scale_by_adam_kkt(
             metric=diagonal_metric(diag),
             step=_common.cast_like(step, params),
             check_constraints=check_constraints,
+            jacobian=jacobian,
         )
         new_state = ScaleByAdamKKTState(
             count=optax.safe_increment(state.count), adam=adam_state, info=info, active=active_state

@@ -82,6 +82,12 @@ def check_solver(solver) -> Any:
     return solver
 
 
+def check_jacobian(jacobian: str) -> str:
+    if jacobian not in ("matrix_free", "per_sample"):
+        raise ValueError(f"jacobian must be 'matrix_free' or 'per_sample', got {jacobian!r}.")
+    return jacobian
+
+
 def check_selector(active) -> Selector:
     if active is None:
         return AllSamples()
@@ -123,13 +129,16 @@ def constrained_step(
     step: PyTree | None = None,
     gradient: PyTree | None = None,
     check_constraints: bool,
+    jacobian: str = "matrix_free",
 ):
     """Select the active samples, linearise once, solve the KKT system.
 
     Returns ``(dw, multipliers, info, new_selector_state)``.
     """
     sub_batch, selector_state = selector.select(constraint_fn, params, constraint_batch, selector_state)
-    lin = linearize_constraints(constraint_fn, params, sub_batch, inequality=inequality)
+    lin = linearize_constraints(
+        constraint_fn, params, sub_batch, inequality=inequality, jacobian=jacobian
+    )
     sol = solver.solve(lin, metric, step=step, gradient=gradient)
     info = make_info(lin, sol, check_constraints)
     return sol.step, sol.multipliers, info, selector_state

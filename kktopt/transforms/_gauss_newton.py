@@ -62,6 +62,7 @@ def gauss_newton_kkt(
     solver: KrylovKKT | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    jacobian: str = "matrix_free",
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Constrained Gauss-Newton / Levenberg-Marquardt step (paper Eq. 6).
@@ -87,7 +88,7 @@ def gauss_newton_kkt(
       damping: eta > 0.
       solver: a :class:`kktopt.KrylovKKT` (the Schur-complement solver needs
         ``(J^T J + eta I)^-1`` and is not available here).
-      active, inequality, check_constraints: as in :func:`project_kkt`.
+      active, inequality, jacobian, check_constraints: as in :func:`project_kkt`.
 
     Returns:
       A ``GradientTransformationExtraArgs``; call ``tx.update(grads, state,
@@ -105,6 +106,7 @@ def gauss_newton_kkt(
     if isinstance(damping, (int, float)) and damping <= 0:
         raise ValueError(f"damping must be > 0, got {damping}.")
     selector = _common.check_selector(active)
+    _common.check_jacobian(jacobian)
 
     def init_fn(params):
         dtype = _common.params_dtype(params)
@@ -148,6 +150,7 @@ def gauss_newton_kkt(
             metric=metric,
             gradient=h,
             check_constraints=check_constraints,
+            jacobian=jacobian,
         )
         new_state = GaussNewtonKKTState(
             count=optax.safe_increment(state.count),

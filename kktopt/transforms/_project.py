@@ -36,6 +36,7 @@ def project_kkt(
     solver: KrylovKKT | SchurKKT | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    jacobian: str = "matrix_free",
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Project the incoming step onto the linearised constraints (paper Eq. 5).
@@ -64,6 +65,12 @@ def project_kkt(
         (Eq. 9); default all of them.
       inequality: treat the constraints as ``C <= 0``; satisfied ones are
         inactive.
+      jacobian: ``"matrix_free"`` (default; JVP/VJP of one linearisation) or
+        ``"per_sample"``: form the dense Jacobian by per-sample reverse mode,
+        for constraints separable over the batch's leading sample axis (each
+        sample's constraints depend only on that sample, e.g. any function
+        of the network's per-example output). Much cheaper with
+        ``solver=kktopt.SchurKKT()`` when m is small; memory m x N_p.
       check_constraints: record ``||A dw + c|| / ||c||`` in the state (one
         extra JVP per step).
 
@@ -87,6 +94,7 @@ def project_kkt(
     """
     solver = _common.check_solver(solver)
     selector = _common.check_selector(active)
+    _common.check_jacobian(jacobian)
     metric = euclidean_metric()
 
     def init_fn(params):
@@ -111,6 +119,7 @@ def project_kkt(
             metric=metric,
             step=step,
             check_constraints=check_constraints,
+            jacobian=jacobian,
         )
         new_state = ProjectKKTState(
             count=optax.safe_increment(state.count), info=info, active=active_state
