@@ -13,6 +13,7 @@ with a JAX-native MINRES-QLP:
 from kktopt import active as active
 from kktopt import kkt as kkt
 from kktopt import krylov as krylov
+from kktopt import memory as memory
 from kktopt.active import mine_active_constraints as mine_active_constraints
 from kktopt.kkt import KrylovKKT as KrylovKKT
 from kktopt.kkt import SchurKKT as SchurKKT
@@ -42,6 +43,7 @@ __all__ = [
     "hard_adam",
     "kkt",
     "krylov",
+    "memory",
     "mine_active_constraints",
     "project_kkt",
     "scale_by_adam_kkt",

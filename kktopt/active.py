@@ -96,7 +96,14 @@ def mine_active_constraints(values: jax.Array, k: int) -> jax.Array:
 
 
 class Selector(eqx.Module):
-    """Chooses the samples of the constraint batch that a step linearises."""
+    """Chooses the samples of the constraint batch that a step linearises.
+
+    A transform calls, at every step, ``select`` (which samples), then
+    linearises the constraints on them with the per-sample weights of
+    ``sample_mask`` (None: all count), then ``observe`` with the constraint
+    values it found there (before the step), so that stateful selectors can
+    remember samples across steps (see :mod:`kktopt.memory`).
+    """
 
     def init(self, params: PyTree) -> PyTree:
         """The selector's initial state (a pytree of arrays, possibly empty)."""
@@ -111,6 +118,14 @@ class Selector(eqx.Module):
     ) -> tuple[PyTree, PyTree]:
         """Return ``(sub_batch, new_state)``."""
         raise NotImplementedError
+
+    def sample_mask(self, state: PyTree) -> jax.Array | None:
+        """1/0 weights of the samples of the last ``select`` (None: all active)."""
+        return None
+
+    def observe(self, state: PyTree, sub_batch: PyTree, values: jax.Array) -> PyTree:
+        """Update the state with the constraint values of the selected samples."""
+        return state
 
 
 class AllSamples(Selector):

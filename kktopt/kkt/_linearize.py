@@ -43,6 +43,8 @@ class Linearization(NamedTuple):
         (``jacobian="per_sample"``), else None.
       unravel: maps a flat ``(N_p,)`` vector back to the parameter pytree
         (with ``matrix``), else None.
+      values: the constraint values as ``constraint_fn`` returned them (all
+        of them, active or not), before the step.
     """
 
     c: jax.Array
@@ -52,6 +54,7 @@ class Linearization(NamedTuple):
     shape: tuple[int, ...]
     matrix: jax.Array | None = None
     unravel: Callable[[jax.Array], PyTree] | None = None
+    values: jax.Array | None = None
 
     @property
     def num_active(self) -> jax.Array:
@@ -100,6 +103,7 @@ def linearize_constraints(
     *,
     inequality: bool = False,
     jacobian: Literal["matrix_free", "per_sample"] = "matrix_free",
+    sample_mask: jax.Array | None = None,
 ) -> Linearization:
     """Evaluate and linearise ``constraint_fn(params, constraint_batch)`` once.
 
@@ -115,6 +119,9 @@ def linearize_constraints(
       jacobian: ``"matrix_free"`` or ``"per_sample"`` (see the module
         docstring; the latter needs constraints separable over the leading
         sample axis of ``constraint_batch`` and of the output).
+      sample_mask: optional 1/0 weights over the leading (sample) axis of the
+        output: constraints of a sample with weight 0 are inactive (padding
+        of a fixed-shape selection).
 
     Returns:
       A :class:`Linearization`.
@@ -123,8 +130,15 @@ def linearize_constraints(
     out_struct = jax.eval_shape(lambda p: constraint_fn(p, constraint_batch), params)
     _check_output(out_struct, params)
     shape = tuple(out_struct.shape)
+    if sample_mask is not None and (len(shape) == 0 or shape[0] != jnp.shape(sample_mask)[0]):
+        raise ValueError(
+            f"a sample mask of length {jnp.shape(sample_mask)[0]} needs constraint_fn to return "
+            f"values with that many samples on the leading axis; got shape {shape}."
+        )
     if jacobian == "per_sample":
-        return _linearize_per_sample(constraint_fn, params, constraint_batch, inequality, shape)
+        return _linearize_per_sample(
+            constraint_fn, params, constraint_batch, inequality, shape, sample_mask
+        )
     if jacobian != "matrix_free":
         raise ValueError(f"jacobian must be 'matrix_free' or 'per_sample', got {jacobian!r}.")
 
@@ -133,10 +147,7 @@ def linearize_constraints(
 
     c, jvp_raw = jax.linearize(flat_fn, params)
     vjp_raw = jax.linear_transpose(jvp_raw, params)
-    if inequality:
-        mask = (c > 0).astype(c.dtype)
-    else:
-        mask = jnp.ones_like(c)
+    mask = _active_mask(c, shape, inequality, sample_mask)
 
     def jvp(dw):
         return mask * jvp_raw(dw)
@@ -145,10 +156,20 @@ def linearize_constraints(
         (out,) = vjp_raw(mask * lam)
         return out
 
-    return Linearization(c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape)
+    return Linearization(
+        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, values=c.reshape(shape)
+    )
 
 
-def _linearize_per_sample(constraint_fn, params, batch, inequality, shape) -> Linearization:
+def _active_mask(c, shape, inequality, sample_mask):
+    mask = (c > 0).astype(c.dtype) if inequality else jnp.ones_like(c)
+    if sample_mask is not None:
+        per_sample = jnp.asarray(sample_mask, c.dtype).reshape((shape[0],) + (1,) * (len(shape) - 1))
+        mask = mask * jnp.broadcast_to(per_sample, shape).reshape(-1)
+    return mask
+
+
+def _linearize_per_sample(constraint_fn, params, batch, inequality, shape, sample_mask) -> Linearization:
     from kktopt.active import batch_size  # selectors and this share the sample-axis rule
 
     b = batch_size(batch)
@@ -174,7 +195,7 @@ def _linearize_per_sample(constraint_fn, params, batch, inequality, shape) -> Li
     values, rows = jax.vmap(one)(batch)
     c = values.reshape(-1)
     matrix = rows.reshape(c.shape[0], -1)
-    mask = (c > 0).astype(c.dtype) if inequality else jnp.ones_like(c)
+    mask = _active_mask(c, shape, inequality, sample_mask)
     matrix = mask[:, None] * matrix
     hi = jax.lax.Precision.HIGHEST
 
@@ -185,5 +206,6 @@ def _linearize_per_sample(constraint_fn, params, batch, inequality, shape) -> Li
         return unravel(jnp.matmul(lam, matrix, precision=hi))
 
     return Linearization(
-        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, matrix=matrix, unravel=unravel
+        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, matrix=matrix, unravel=unravel,
+        values=values.reshape(shape),
     )

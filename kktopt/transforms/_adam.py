@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from kktopt.active import Selector
+from kktopt.memory import MultiplierMemory
 from kktopt.kkt import KrylovKKT, SchurKKT, diagonal_metric
 from kktopt.transforms import _common
 from kktopt.transforms._common import KKTInfo
@@ -25,12 +26,14 @@ class ScaleByAdamKKTState(NamedTuple):
         and step count).
       info: :class:`KKTInfo` of the last step.
       active: the selector's state.
+      memory: the multiplier memory's state (empty without one).
     """
 
     count: jax.Array
     adam: PyTree
     info: KKTInfo
     active: PyTree
+    memory: PyTree = ()
 
 
 def scale_by_adam_kkt(
@@ -45,6 +48,7 @@ def scale_by_adam_kkt(
     active: Selector | None = None,
     inequality: bool = False,
     jacobian: str = "matrix_free",
+    memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Hard-Adam: Adam's step projected onto the linearised constraints in Adam's metric.
@@ -72,7 +76,7 @@ def scale_by_adam_kkt(
         :func:`project_kkt`).
       learning_rate: a float or an optax schedule.
       b1, b2, eps, eps_root: Adam's parameters, as in ``optax.adam``.
-      solver, active, inequality, jacobian, check_constraints: as in
+      solver, active, inequality, jacobian, memory, check_constraints: as in
         :func:`project_kkt`.
 
     Returns:
@@ -85,6 +89,7 @@ def scale_by_adam_kkt(
     solver = _common.check_solver(solver)
     selector = _common.check_selector(active)
     _common.check_jacobian(jacobian)
+    _common.check_memory(memory)
     adam = optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
         optax.scale_by_learning_rate(learning_rate),
@@ -96,6 +101,7 @@ def scale_by_adam_kkt(
             adam=adam.init(params),
             info=KKTInfo.empty(_common.params_dtype(params)),
             active=selector.init(params),
+            memory=_common.init_memory(memory, constraint_fn, params),
         )
 
     def update_fn(updates, state, params=None, *, constraint_batch=_common.MISSING, **extra_args):
@@ -107,7 +113,7 @@ def scale_by_adam_kkt(
         diag = jax.tree_util.tree_map(
             lambda v, p: (jnp.sqrt(v + eps_root) + eps).astype(p.dtype), nu_hat, params
         )
-        dw, _, info, active_state = _common.constrained_step(
+        dw, _, info, active_state, memory_state = _common.constrained_step(
             constraint_fn=constraint_fn,
             params=params,
             constraint_batch=constraint_batch,
@@ -119,9 +125,11 @@ def scale_by_adam_kkt(
             step=_common.cast_like(step, params),
             check_constraints=check_constraints,
             jacobian=jacobian,
+            memory=memory,
+            memory_state=state.memory,
         )
         new_state = ScaleByAdamKKTState(
-            count=optax.safe_increment(state.count), adam=adam_state, info=info, active=active_state
+            count=optax.safe_increment(state.count), adam=adam_state, info=info, active=active_state, memory=memory_state
         )
         return _common.cast_like(dw, updates), new_state
 

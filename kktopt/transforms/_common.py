@@ -13,6 +13,7 @@ from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt.kkt._solve import KKTSolution
 from kktopt.krylov._info import SolverInfo
+from kktopt.krylov._tree import tree_axpy as _tree_axpy
 
 PyTree = Any
 
@@ -82,6 +83,26 @@ def check_solver(solver) -> Any:
     return solver
 
 
+def check_memory(memory):
+    from kktopt.memory import MultiplierMemory
+
+    if memory is not None and not isinstance(memory, MultiplierMemory):
+        raise TypeError(
+            "memory must be kktopt.memory.multiplier_memory(...) (for a working set of samples "
+            f"use active=kktopt.memory.working_set(...)), got {type(memory).__name__}."
+        )
+    return memory
+
+
+def init_memory(memory, constraint_fn, params):
+    if memory is None:
+        return ()
+    out = jax.eval_shape(constraint_fn, params, memory.like.spec)
+    if len(out.shape) == 0:
+        raise ValueError("a memory needs constraint_fn to return values with a leading sample axis.")
+    return memory.init(params, tuple(out.shape[1:]))
+
+
 def check_jacobian(jacobian: str) -> str:
     if jacobian not in ("matrix_free", "per_sample"):
         raise ValueError(f"jacobian must be 'matrix_free' or 'per_sample', got {jacobian!r}.")
@@ -130,18 +151,43 @@ def constrained_step(
     gradient: PyTree | None = None,
     check_constraints: bool,
     jacobian: str = "matrix_free",
+    memory=None,
+    memory_state=(),
 ):
     """Select the active samples, linearise once, solve the KKT system.
 
-    Returns ``(dw, multipliers, info, new_selector_state)``.
+    With a multiplier memory, the remembered constraints' forces are added to
+    the step (closest-step form) or to the gradient (Gauss-Newton form)
+    first, and this step's multipliers are stored afterwards.
+
+    Returns ``(dw, multipliers, info, new_selector_state, new_memory_state)``.
     """
+    if memory is not None:
+        pull = memory.force(constraint_fn, params, memory_state)
+        if step is not None:
+            step = _tree_axpy(-1.0, metric.inverse(pull), step)
+        else:
+            gradient = _tree_axpy(1.0, pull, gradient)
     sub_batch, selector_state = selector.select(constraint_fn, params, constraint_batch, selector_state)
     lin = linearize_constraints(
-        constraint_fn, params, sub_batch, inequality=inequality, jacobian=jacobian
+        constraint_fn,
+        params,
+        sub_batch,
+        inequality=inequality,
+        jacobian=jacobian,
+        sample_mask=selector.sample_mask(selector_state),
     )
+    selector_state = selector.observe(selector_state, sub_batch, lin.values)
     sol = solver.solve(lin, metric, step=step, gradient=gradient)
     info = make_info(lin, sol, check_constraints)
-    return sol.step, sol.multipliers, info, selector_state
+    if memory is not None:
+        memory_state = memory.update(
+            memory_state,
+            sub_batch,
+            sol.multipliers.reshape(lin.shape),
+            selector.sample_mask(selector_state),
+        )
+    return sol.step, sol.multipliers, info, selector_state, memory_state
 
 
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from kktopt.active import Selector
+from kktopt.memory import MultiplierMemory
 from kktopt.kkt import KrylovKKT, gauss_newton_metric
 from kktopt.krylov import _tree
 from kktopt.transforms import _common
@@ -25,12 +26,14 @@ class GaussNewtonKKTState(NamedTuple):
       info: :class:`KKTInfo` of the last step.
       loss: ``1/2 ||r||^2`` at the parameters of the last step.
       active: the selector's state.
+      memory: the multiplier memory's state (empty without one).
     """
 
     count: jax.Array
     info: KKTInfo
     loss: jax.Array
     active: PyTree
+    memory: PyTree = ()
 
 
 def _linearize_residuals(residual_fn, params, residual_batch):
@@ -63,6 +66,7 @@ def gauss_newton_kkt(
     active: Selector | None = None,
     inequality: bool = False,
     jacobian: str = "matrix_free",
+    memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Constrained Gauss-Newton / Levenberg-Marquardt step (paper Eq. 6).
@@ -88,7 +92,7 @@ def gauss_newton_kkt(
       damping: eta > 0.
       solver: a :class:`kktopt.KrylovKKT` (the Schur-complement solver needs
         ``(J^T J + eta I)^-1`` and is not available here).
-      active, inequality, jacobian, check_constraints: as in :func:`project_kkt`.
+      active, inequality, jacobian, memory, check_constraints: as in :func:`project_kkt`.
 
     Returns:
       A ``GradientTransformationExtraArgs``; call ``tx.update(grads, state,
@@ -107,6 +111,7 @@ def gauss_newton_kkt(
         raise ValueError(f"damping must be > 0, got {damping}.")
     selector = _common.check_selector(active)
     _common.check_jacobian(jacobian)
+    _common.check_memory(memory)
 
     def init_fn(params):
         dtype = _common.params_dtype(params)
@@ -115,6 +120,7 @@ def gauss_newton_kkt(
             info=KKTInfo.empty(dtype),
             loss=jnp.zeros((), dtype),
             active=selector.init(params),
+            memory=_common.init_memory(memory, constraint_fn, params),
         )
 
     def update_fn(
@@ -139,7 +145,7 @@ def gauss_newton_kkt(
         hnorm = _tree.tree_norm(h)
         jh = jvp(_tree.tree_scale(1 / jnp.where(hnorm > 0, hnorm, 1), h))
         metric = gauss_newton_metric(jvp, vjp, jnp.asarray(damping, r.dtype), jnp.sum(jh * jh))
-        dw, _, info, active_state = _common.constrained_step(
+        dw, _, info, active_state, memory_state = _common.constrained_step(
             constraint_fn=constraint_fn,
             params=params,
             constraint_batch=constraint_batch,
@@ -151,12 +157,15 @@ def gauss_newton_kkt(
             gradient=h,
             check_constraints=check_constraints,
             jacobian=jacobian,
+            memory=memory,
+            memory_state=state.memory,
         )
         new_state = GaussNewtonKKTState(
             count=optax.safe_increment(state.count),
             info=info,
             loss=0.5 * jnp.sum(r * r),
             active=active_state,
+            memory=memory_state,
         )
         del updates  # a complete optimiser: J^T r comes from residual_fn
         return dw, new_state

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from kktopt.active import Selector
+from kktopt.memory import MultiplierMemory
 from kktopt.kkt import KrylovKKT, SchurKKT, euclidean_metric
 from kktopt.transforms import _common
 from kktopt.transforms._common import KKTInfo
@@ -23,11 +24,13 @@ class ProjectKKTState(NamedTuple):
       count: number of updates so far (int32).
       info: :class:`KKTInfo` of the last step.
       active: the selector's state.
+      memory: the multiplier memory's state (empty without one).
     """
 
     count: jax.Array
     info: KKTInfo
     active: PyTree
+    memory: PyTree = ()
 
 
 def project_kkt(
@@ -37,6 +40,7 @@ def project_kkt(
     active: Selector | None = None,
     inequality: bool = False,
     jacobian: str = "matrix_free",
+    memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Project the incoming step onto the linearised constraints (paper Eq. 5).
@@ -71,6 +75,9 @@ def project_kkt(
         sample's constraints depend only on that sample, e.g. any function
         of the network's per-example output). Much cheaper with
         ``solver=kktopt.SchurKKT()`` when m is small; memory m x N_p.
+      memory: ``kktopt.memory.multiplier_memory(...)``: remembered samples
+        whose stored multipliers keep pulling the step after they leave the
+        active set (see :mod:`kktopt.memory`).
       check_constraints: record ``||A dw + c|| / ||c||`` in the state (one
         extra JVP per step).
 
@@ -95,6 +102,7 @@ def project_kkt(
     solver = _common.check_solver(solver)
     selector = _common.check_selector(active)
     _common.check_jacobian(jacobian)
+    _common.check_memory(memory)
     metric = euclidean_metric()
 
     def init_fn(params):
@@ -102,13 +110,14 @@ def project_kkt(
             count=jnp.zeros((), jnp.int32),
             info=KKTInfo.empty(_common.params_dtype(params)),
             active=selector.init(params),
+            memory=_common.init_memory(memory, constraint_fn, params),
         )
 
     def update_fn(updates, state, params=None, *, constraint_batch=_common.MISSING, **extra_args):
         del extra_args
         _common.require(params, constraint_batch, "project_kkt")
         step = _common.cast_like(updates, params)
-        dw, _, info, active_state = _common.constrained_step(
+        dw, _, info, active_state, memory_state = _common.constrained_step(
             constraint_fn=constraint_fn,
             params=params,
             constraint_batch=constraint_batch,
@@ -120,9 +129,11 @@ def project_kkt(
             step=step,
             check_constraints=check_constraints,
             jacobian=jacobian,
+            memory=memory,
+            memory_state=state.memory,
         )
         new_state = ProjectKKTState(
-            count=optax.safe_increment(state.count), info=info, active=active_state
+            count=optax.safe_increment(state.count), info=info, active=active_state, memory=memory_state
         )
         return _common.cast_like(dw, updates), new_state
 
