@@ -1,36 +1,37 @@
 """kktopt's Krylov solvers against scipy's MINRES and jax.scipy's CG / GMRES.
 
-Three problems (see ``--help`` for sizes):
+Problems (sizes: see ``--help``):
 
   (a) laplace3d  3-D Laplacian, 7-point stencil, Dirichlet boundary, on an
                  N^3 grid (SPD). scipy gets a CSR matrix; the JAX solvers a
                  matrix-free stencil on the flat vector.
   (b) kkt        The hypersphere KKT system of the paper (Sec. 6.2, Eq. 5 with
                  eta = 1): K = [[I, A^T], [A, 0]], row i of A the gradient
-                 (w - c_i) / ||w - c_i|| of the constraint ||w - c_i|| - 10 at
-                 w = x0 ~ N(0, I), c_i ~ N(0, 0.01 I); right-hand side (-g, -c)
-                 = (0, -c) (the first Hard-SGD step, where g = w - x0 = 0).
-                 Indefinite. Matrix-free in both: scipy a LinearOperator with
-                 a numpy matvec, JAX a pytree (dw, lambda) operator.
+                 (w - c_i) / ||w - c_i|| of the constraint ||w - c_i|| - 10,
+                 c_i ~ N(0, 0.01 I), x0 ~ N(0, I), w = x0 + N(0, I), right-hand
+                 side (-g, -c) with g = w - x0. Indefinite. Matrix-free in
+                 both: scipy a LinearOperator with a numpy matvec, JAX a pytree
+                 (dw, lambda) operator; A is a dense m x d array. float64 and
+                 float32 (b32).
   (c) tridiag    A small (n = 1000) indefinite tridiagonal system, where the
                  per-iteration overhead of the solver dominates.
 
 Every solver is run until it reaches the same TRUE relative residual
 ||b - A x|| / ||b|| (computed here in numpy float64, independently of the
 solver): the solvers' own stopping rules differ (scipy's MINRES tests
-||r|| / (||A||_F ||x||) with a Frobenius-norm estimate of the Lanczos matrix
-that grows with the iteration count; kktopt tests ||r|| / (||A|| ||x|| + ||b||);
-jax.scipy's CG/GMRES test ||r|| / ||b||), so one ``rtol`` means different
-things to each. For each solver the script searches its own ``rtol`` (a
-bisection in log scale) for the loosest value whose solution meets the target,
-then times the solve at that value. Times are medians over interleaved repeats
-(each repeat runs every solver once, so machine noise hits them alike), of
-jit-compiled, warm solves ended by ``block_until_ready``; ratios are against
-scipy's MINRES measured in the same run.
+||r|| / (||T_k||_F ||x||), a Frobenius-norm estimate that grows with the
+iteration count; kktopt tests ||r|| / (||A|| ||x|| + ||b||); jax.scipy's
+CG/GMRES test ||r|| / ||b||), so one ``rtol`` means different things to each.
+For each solver the script searches its own ``rtol`` (a bisection in log
+scale) for the loosest value whose solution meets the target, then times the
+solve at that value. Times are over interleaved rounds (each round runs every
+solver, an untimed call then a timed one), of jit-compiled, warm solves ended
+by ``block_until_ready``; ratios are against scipy's MINRES measured in the
+same run. Everything is deterministic given ``--seed``.
 
 Usage:
-  python benchmarks/krylov.py            # full sizes, writes benchmarks/RESULTS.md
-  python benchmarks/krylov.py --quick    # small sizes, seconds; prints only
+  python benchmarks/krylov.py            # full sizes (minutes), writes benchmarks/RESULTS.md
+  python benchmarks/krylov.py --quick    # small sizes and fewer solvers, prints only
 """
 
 from __future__ import annotations
@@ -41,14 +42,34 @@ import datetime
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
+
+def _blas_threads(argv) -> str:
+    """The value of ``--blas-threads`` (default 1), read before numpy is imported."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--blas-threads="):
+            return arg.split("=", 1)[1]
+        if arg == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "1"
+
+
+# BLAS threads must be fixed before numpy loads OpenBLAS. One thread by
+# default: on a small shared machine, multithreaded OpenBLAS calls on these
+# matrix-vector products wait on descheduled threads (measured: scipy's
+# MINRES on (b) with d = 1e4 went from ~13 ms to ~100 ms median with the
+# default thread count on 2 busy cores). "0" leaves the environment alone.
+BLAS_THREADS = _blas_threads(sys.argv) if __name__ == "__main__" else "0"
+if BLAS_THREADS != "0":
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = BLAS_THREADS
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -136,20 +157,30 @@ def laplace3d(n_side: int, seed: int, repeats: int) -> Problem:
 
 
 def hypersphere_kkt(d: int, m: int, seed: int, dtype, repeats: int) -> Problem:
-    """(b) K = [[I, A^T], [A, 0]], rhs (0, -c), at w = x0 for the constraints ||w - c_i|| = 10."""
+    """(b) Eq. 5 with eta = 1 for min 1/2 ||w - x0||^2 s.t. ||w - c_i|| = 10: K = [[I, A^T], [A, 0]].
+
+    x0 ~ N(0, I), c_i ~ N(0, 0.01 I), linearised at w = x0 + xi with xi ~ N(0, I)
+    (a point away from x0, so that both blocks of the right-hand side (-g, -c),
+    g = w - x0, are non-zero). Row i of A is (w - c_i) / ||w - c_i||.
+    """
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(d)
+    x0 = rng.standard_normal(d)
+    w = x0 + rng.standard_normal(d)
     jac = np.empty((m, d))
     cons = np.empty(m)
     for i in range(m):  # row by row: no (m, d) temporaries
-        diff = w - 0.1 * rng.standard_normal(d)  # c_i ~ N(0, 0.01 I)
+        diff = w - 0.1 * rng.standard_normal(d)  # w - c_i, c_i ~ N(0, 0.01 I)
         nrm = np.linalg.norm(diff)
         jac[i] = diff / nrm
         cons[i] = nrm - 10.0
     jac = jac.astype(dtype)
-    rhs = [np.zeros(d, dtype), (-cons).astype(dtype)]
+    rhs = [(x0 - w).astype(dtype), (-cons).astype(dtype)]
+    del x0, w
 
     def scipy_matvec(v):
+        # scipy's MINRES promotes its vectors to float64 even for a float32
+        # operator (its scalars are float64); cast so the matrix is not.
+        v = v.astype(dtype, copy=False)
         v1, v2 = v[:d], v[d:]
         return np.concatenate([v1 + jac.T @ v2, jac @ v1])
 
@@ -167,7 +198,7 @@ def hypersphere_kkt(d: int, m: int, seed: int, dtype, repeats: int) -> Problem:
 
     name = np.dtype(dtype).name
     return Problem(
-        key=f"kkt-{name}", title=f"(b) hypersphere KKT, d = {d:.0e}, m = {m}, {name}",
+        key=f"kkt-{name}", title=f"(b) hypersphere KKT, d = {d:.0e}, m = {m}, {name}".replace("e+0", "e"),
         dtype=dtype, n=d + m, spd=False, scipy_op=op, scipy_b=np.concatenate(rhs),
         jax_matvec=matvec, jax_params=jnp.asarray(jac), jax_b=tuple(jnp.asarray(r) for r in rhs),
         true_matvec=true_matvec, b64=np.concatenate(rhs).astype(np.float64),
@@ -240,8 +271,15 @@ def _tick():
     _MATVECS[0] += 1
 
 
-def jax_solver(p: Problem, name: str, call: Callable, spd_only=False) -> Solver:
-    """``call(matvec, b, rtol)`` -> (x, info or None), for a JAX solver."""
+def jax_solver(p: Problem, name: str, call: Callable, spd_only=False, extra_matvecs=None) -> Solver:
+    """``call(matvec, b, rtol)`` -> (x, info or None), for a JAX solver.
+
+    For kktopt's solvers the operator applications are ``iterations +
+    extra_matvecs`` (the symmetry probe and the exit residual); for
+    jax.scipy's, which report no iteration count, a second compiled version
+    counts the applications with a host callback (used only while matching
+    tolerances, never timed).
+    """
 
     def build(count: bool):
         def solve(params, b, rtol):
@@ -256,7 +294,8 @@ def jax_solver(p: Problem, name: str, call: Callable, spd_only=False) -> Solver:
 
         return jax.jit(solve)
 
-    counted, plain = build(True), build(False)
+    plain = build(False)
+    counted = plain if extra_matvecs is not None else build(True)
 
     def probe(rtol):
         _MATVECS[0] = 0
@@ -264,7 +303,9 @@ def jax_solver(p: Problem, name: str, call: Callable, spd_only=False) -> Solver:
         jax.block_until_ready(x)
         jax.effects_barrier()
         iters = int(iters)
-        return _flat64(x), (iters if iters >= 0 else None), _MATVECS[0]
+        if extra_matvecs is not None:
+            return _flat64(x), iters, iters + extra_matvecs
+        return _flat64(x), None, _MATVECS[0]
 
     def timed(rtol):
         r = jnp.asarray(rtol, p.dtype)
@@ -276,17 +317,24 @@ def jax_solver(p: Problem, name: str, call: Callable, spd_only=False) -> Solver:
 def all_solvers(p: Problem) -> list[Solver]:
     maxit = 10 * p.n
     restart = 20
+    nochecks = dict(check_symmetry=False, check_residual=False)
     return [
         scipy_minres(p),
-        jax_solver(p, "kktopt minres_qlp", lambda A, b, r: krylov.minres_qlp(A, b, rtol=r, maxiter=maxit)),
+        jax_solver(
+            p, "kktopt minres_qlp",
+            lambda A, b, r: krylov.minres_qlp(A, b, rtol=r, maxiter=maxit), extra_matvecs=4,
+        ),
         jax_solver(
             p, "kktopt minres_qlp (no checks)",
-            lambda A, b, r: krylov.minres_qlp(
-                A, b, rtol=r, maxiter=maxit, check_symmetry=False, check_residual=False
-            ),
+            lambda A, b, r: krylov.minres_qlp(A, b, rtol=r, maxiter=maxit, **nochecks), extra_matvecs=0,
         ),
-        jax_solver(p, "kktopt minres", lambda A, b, r: krylov.minres(A, b, rtol=r, maxiter=maxit)),
-        jax_solver(p, "kktopt cg", lambda A, b, r: krylov.cg(A, b, rtol=r, maxiter=maxit), spd_only=True),
+        jax_solver(
+            p, "kktopt minres", lambda A, b, r: krylov.minres(A, b, rtol=r, maxiter=maxit), extra_matvecs=4
+        ),
+        jax_solver(
+            p, "kktopt cg", lambda A, b, r: krylov.cg(A, b, rtol=r, maxiter=maxit),
+            spd_only=True, extra_matvecs=4,
+        ),
         jax_solver(p, "jax cg", lambda A, b, r: jsp_linalg.cg(A, b, tol=r, maxiter=maxit), spd_only=True),
         jax_solver(
             p, f"jax gmres({restart})",
@@ -322,7 +370,7 @@ def calibrate(p: Problem, s: Solver, max_tries: int) -> Outcome:
     passing: Outcome | None = None
     failing: Outcome | None = None
     rtol = p.target
-    floor = 10 * np.finfo(p.dtype).eps
+    floor = 1e-6 * p.target
     for _ in range(max_tries):
         x, iters, mv = s.probe(rtol)
         out = Outcome(rtol, true_relres(p, x), iters, mv, False)
@@ -344,22 +392,39 @@ def calibrate(p: Problem, s: Solver, max_tries: int) -> Outcome:
     return passing or failing
 
 
-def time_solvers(p: Problem, solvers, outcomes, repeats) -> dict[str, float]:
-    """Median seconds per solve, repeats interleaved across solvers."""
+def time_solvers(p: Problem, solvers, outcomes, repeats) -> dict[str, list[float]]:
+    """Seconds per solve, ``repeats`` samples per solver.
+
+    Rounds are interleaved across solvers, so that load from other jobs on the
+    machine hits them alike, and every timed solve follows an untimed one of
+    the same solver: on a loaded machine the first call after another
+    library's (BLAS or XLA worker threads still spinning, caches) is several
+    times slower, and would otherwise penalise whichever solver comes next.
+    """
     runs = {s.name: s.timed(outcomes[s.name].rtol) for s in solvers}
     for run in runs.values():  # compile and warm up
         run()
     samples = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            run()
             t0 = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
 
 
-def run_problem(p: Problem, max_tries: int, verbose: bool):
+def run_problem(p: Problem, max_tries: int, verbose: bool, only: list[str] | None = None):
     solvers = [s for s in all_solvers(p) if p.spd or not s.spd_only]
+    if only:  # scipy's MINRES always runs: it is the reference of the ratios
+        names = {s.name for s in solvers}
+
+        def wanted(name):
+            # An entry that is a full solver name selects that solver only;
+            # any other entry selects every solver whose name contains it.
+            return name == "scipy minres" or any(o == name or (o not in names and o in name) for o in only)
+
+        solvers = [s for s in solvers if wanted(s.name)]
     outcomes = {}
     for s in solvers:
         t0 = time.perf_counter()
@@ -403,6 +468,7 @@ def environment() -> dict[str, str]:
         "scipy": scipy.__version__,
         "kktopt": getattr(kktopt, "__version__", "dev"),
         "backend": jax.default_backend(),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
     }
 
 
@@ -417,40 +483,49 @@ def _jaxlib_version() -> str:
 
 def table(results) -> str:
     head = (
-        "| problem | solver | rtol used | iterations | matvecs | true relres | time [ms] | scipy time / time |\n"
+        "| problem | solver | rtol used | iterations | matvecs | true relres "
+        "| time [ms] median (min) | scipy / this: median (min) |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for p, res in results:
-        ref = dict((name, t) for name, _, t in res)["scipy minres"]
+        ref = {name: t for name, _, t in res}["scipy minres"]
+        ref_med, ref_min = statistics.median(ref), min(ref)
         for name, o, t in res:
             relres = f"{o.relres:.1e}" + ("" if o.reached else " (target missed)")
             iters = "-" if o.iterations is None else str(o.iterations)
+            med, low = statistics.median(t), min(t)
             rows.append(
                 f"| {p.title} | {name} | {o.rtol:.1e} | {iters} | {o.matvecs} | {relres} "
-                f"| {1e3 * t:.3g} | {ref / t:.2f} |"
+                f"| {1e3 * med:.3g} ({1e3 * low:.3g}) | {ref_med / med:.2f} ({ref_min / low:.2f}) |"
             )
     return head + "\n".join(rows) + "\n"
 
 
 INTRO = """\
 Each solver is run to the same TRUE relative residual ||b - A x|| / ||b||
-(target per problem: 1e-8 in float64, 1e-5 in float32), computed in numpy
-float64 outside the solver. The solvers' stopping rules differ (scipy's
-MINRES tests ||r|| / (||T_k||_F ||x||), whose Frobenius estimate grows with
-the iteration count; kktopt tests ||r|| / (||A|| ||x|| + ||b||); jax.scipy's
-CG/GMRES ||r|| / ||b||), so the script searches each solver's own `rtol` (a
-log-scale bisection) for the loosest value that meets the target and times
-the solve there: "rtol used" is that value. "matvecs" counts every operator
-application (kktopt's defaults add 2 for the symmetry probe and 2 for the
-true residual at exit; "no checks" turns both off). Time: median of
-interleaved repeats of a warm, jit-compiled solve (`block_until_ready`);
-the last column is scipy's time divided by the solver's (> 1: faster than
-scipy), both measured in the same run. CG is run only on the SPD problem.
-scipy gets a CSR matrix for (a) and (c) and a `LinearOperator` with a numpy
-matvec for (b); the JAX solvers get matrix-free stencils for (a) and (c) and
-a pytree (dw, lambda) operator with A as a dense m x d array for (b).
-Regenerate with `python benchmarks/krylov.py` (`--quick` for a smoke run).
+(target: 1e-8 in float64, 1e-5 in float32), computed in numpy float64
+outside the solver. The solvers' stopping rules differ (scipy's MINRES tests
+||r|| / (||T_k||_F ||x||), whose Frobenius estimate grows with the iteration
+count; kktopt tests ||r|| / (||A|| ||x|| + ||b||); jax.scipy's CG/GMRES
+||r|| / ||b||), so the script searches each solver's own `rtol` (a log-scale
+bisection) for the loosest value that meets the target and times the solve
+there: "rtol used" is that value. "matvecs" counts every operator
+application: kktopt's defaults add 2 for the symmetry probe and 2 for the
+true residual at exit ("no checks" turns both off); GMRES(20) as jax.scipy
+runs it by default ('batched') checks convergence only once per restart.
+Times: over interleaved rounds (each runs every solver once untimed, then
+once timed), warm jit-compiled solves ended by `block_until_ready`; median
+and, in brackets, minimum. The last column is scipy's time over the
+solver's (> 1: faster than scipy), both from the same run. CG runs only on
+the SPD problem (a). scipy gets a CSR matrix for (a) and (c) and a
+`LinearOperator` with a numpy matvec for (b); the JAX solvers get
+matrix-free stencils for (a) and (c) and a pytree (dw, lambda) operator with
+A as a dense m x d array for (b). scipy's MINRES keeps its vectors in float64
+even for the float32 operator of (b32) (its scalars are float64 and numpy
+promotes). The machine is shared with other jobs: read ratios, not absolute
+times. Regenerate with `python benchmarks/krylov.py` (`--quick` for a smoke
+run).
 """
 
 
@@ -462,6 +537,7 @@ def run_block(env, args, results) -> str:
         f"- machine: {env['machine']}",
         f"- versions: Python {env['python']}, jax {env['jax']} / jaxlib {env['jaxlib']} "
         f"({env['backend']}), numpy {env['numpy']}, scipy {env['scipy']}",
+        f"- threads: BLAS {env['blas_threads']}; XLA default (its own pool)",
         f"- command: `python benchmarks/krylov.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"- seed {args.seed}",
         "",
@@ -501,30 +577,42 @@ def write_results(path: Path, block: str, env) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="small sizes, few repeats, problems a,b,c and solvers scipy minres, kktopt minres_qlp, "
+        "jax cg, jax gmres(20) unless given (a smoke test; most of its time is compilation)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, help="(a) grid side N (default 32; 12 with --quick)")
     parser.add_argument("--d", type=int, help="(b) number of parameters d (default 1e6; 1e4 with --quick)")
     parser.add_argument("--m", type=int, default=20, help="(b) active constraints (default 20)")
-    parser.add_argument("--n-small", type=int, help="(c) size n (default 1000; 200 with --quick)")
+    parser.add_argument("--n-small", type=int, help="(c) size n (default 1000; 300 with --quick)")
     parser.add_argument("--repeats", type=int, help="timing repeats (default 15, 5 for (b); 3 with --quick)")
     parser.add_argument("--max-tries", type=int, help="solves per tolerance search (default 12; 6 with --quick)")
     parser.add_argument(
-        "--problems", default="a,b,c", help="comma-separated subset of a, b, b32 (float32 (b)), c; default a,b,b32,c"
+        "--problems", help="comma-separated subset of a, b, b32 (float32 (b)), c (default: all; a,b,c with --quick)"
     )
     parser.add_argument(
         "--output", type=Path, help=f"write the table here (default {RESULTS.name} in full mode, nowhere with --quick)"
     )
+    parser.add_argument(
+        "--solvers", help="comma-separated solver names, or substrings of names, to run (scipy minres "
+        "always runs), e.g. 'kktopt minres_qlp,jax cg' or 'minres_qlp' (both minres_qlp rows)"
+    )
+    parser.add_argument(
+        "--blas-threads", default="1",
+        help="threads for numpy/scipy's BLAS (default 1; 0 = leave OPENBLAS_NUM_THREADS etc. as they are)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("-v", "--verbose", action="store_true", help="print progress to stderr")
     args = parser.parse_args(argv)
-    if args.problems == "a,b,c":
-        args.problems = "a,b,b32,c"
 
     q = args.quick
+    problems = args.problems or ("a,b,c" if q else "a,b,b32,c")
+    solvers = args.solvers or ("kktopt minres_qlp,jax cg,jax gmres(20)" if q else None)
     grid = args.grid or (12 if q else 32)
     d = args.d or (10_000 if q else 1_000_000)
-    n_small = args.n_small or (200 if q else 1000)
+    n_small = args.n_small or (300 if q else 1000)
     max_tries = args.max_tries or (6 if q else 12)
 
     def reps(default, big=False):
@@ -538,9 +626,10 @@ def main(argv=None) -> int:
     }
     env = environment()
     results = []
-    for key in args.problems.split(","):
+    only = [o.strip() for o in solvers.split(",")] if solvers else None
+    for key in problems.split(","):
         p = makers[key.strip()]()
-        results.append((p, run_problem(p, max_tries, args.verbose)))
+        results.append((p, run_problem(p, max_tries, args.verbose, only)))
         p.jax_params = p.scipy_op = p.true_matvec = None  # free the large KKT matrices early
     block = run_block(env, args, results)
     print(block)

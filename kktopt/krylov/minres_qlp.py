@@ -98,13 +98,13 @@ class _State(NamedTuple):
     arnorml: jax.Array
 
 
-def _initial_state(b, y, beta1, istop, dtype) -> _State:
+def _initial_state(b, y, beta1, istop, dtype, precond) -> _State:
     zero = jnp.zeros((), dtype)
     one = jnp.ones((), dtype)
     zeros = _tree.tree_zeros_like(b)
     izero = jnp.zeros((), jnp.int32)
     return _State(
-        x=zeros, xl2=zeros, lz=_common.lanczos_init(b, y, beta1), w=zeros, wl=zeros, wl2=zeros,
+        x=zeros, xl2=zeros, lz=_common.lanczos_init(b, y, beta1, precond), w=zeros, wl=zeros, wl2=zeros,
         k=izero, qlp_iter=izero, istop=istop,
         cs=-one, sn=zero, dltan=zero, eplnn=zero, phi=beta1, tau=zero, taul=zero,
         cr1=-one, sr1=zero, cr2=-one, sr2=zero,
@@ -313,7 +313,7 @@ def _minres_qlp_loop(
             lambda n, o: jnp.where(bad, o, n), new, st._replace(k=k, istop=bad_code)
         )
 
-    state = jax.lax.while_loop(cond, body, _initial_state(b, y0, beta1, istop0, dtype))
+    state = jax.lax.while_loop(cond, body, _initial_state(b, y0, beta1, istop0, dtype, precond))
     info = SolverInfo(
         istop=state.istop,
         iterations=state.k,
