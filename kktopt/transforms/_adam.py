@@ -86,7 +86,7 @@ def scale_by_adam_kkt(
     References:
       Marquez-Neila, Salzmann and Fua (2017), Eq. 10-12. Kingma and Ba (2015).
     """
-    solver = _common.check_solver(solver)
+    solver = _common.check_solver(solver, _common.default_solver)
     selector = _common.check_selector(active)
     _common.check_jacobian(jacobian)
     _common.check_memory(memory)

@@ -62,8 +62,11 @@ def project_kkt(
       constraint_fn: ``(params, constraint_batch) -> Array`` of constraint
         values (every entry one constraint ``C_jk``; equality means 0). With
         a selector, its output must have the sample axis first.
-      solver: :class:`kktopt.KrylovKKT` (default: MINRES-QLP on the full
-        system, matrix-free) or :class:`kktopt.SchurKKT`.
+      solver: default ``kktopt.SchurKKT(method="minres_qlp")``: MINRES-QLP
+        on the m x m Schur complement, matrix-free (the fastest in
+        ``benchmarks/step_cost.py``); ``kktopt.KrylovKKT()``: MINRES-QLP on
+        the full KKT system (the paper's Algorithm 1); ``kktopt.SchurKKT()``:
+        dense Schur complement.
       active: which samples of ``constraint_batch`` are active at a step:
         ``kktopt.active.random_samples(k)``, ``kktopt.active.mined_samples(k)``
         (Eq. 9); default all of them.
@@ -99,7 +102,7 @@ def project_kkt(
     References:
       Marquez-Neila, Salzmann and Fua (2017), Eq. 5 and Algorithm 1.
     """
-    solver = _common.check_solver(solver)
+    solver = _common.check_solver(solver, _common.default_solver)
     selector = _common.check_selector(active)
     _common.check_jacobian(jacobian)
     _common.check_memory(memory)
