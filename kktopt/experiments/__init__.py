@@ -1,0 +1,2 @@
+from kktopt.experiments import hypersphere as hypersphere
+from kktopt.experiments import pose as pose

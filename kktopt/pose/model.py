@@ -43,6 +43,7 @@ second.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -128,23 +129,69 @@ def _seed_from_key(key: jax.Array | int) -> list[int]:
     return [int(v) for v in np.asarray(key).ravel()]
 
 
-def _phase_gather(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index maps from a k x k kernel to its space-to-depth form (see `ConvReluPool`).
+def _phase_kernel(weight: jax.Array) -> jax.Array:
+    """A k x k kernel in the space-to-depth form used by `ConvReluPool`.
 
     For output phase (py, px), input phase (qy, qx) and block offset (by, bx),
-    the kernel tap is (dy, dx) = (2 by + qy - py, 2 bx + qx - px) when inside
-    the kernel.
+    the tap is (dy, dx) = (2 by + qy - py, 2 bx + qx - px) when inside the
+    kernel and 0 otherwise. Built from pads and reshapes only (no gather), so
+    its derivative is as cheap to compile and run as the map itself.
+
+    Args:
+      weight: (k, k, in, out) kernel (HWIO), k odd.
 
     Returns:
-      ``(dy, dx, valid)``, each of shape (nb, nb, 2, 2, 2, 2) indexed by
-      (by, bx, qy, qx, py, px), with nb = k // 2 + 1.
+      (nb, nb, 4 in, 4 out) kernel with nb = k // 2 + 1; input channels are
+      ordered (qy, qx, in) and output channels (py, px, out).
     """
+    k, _, cin, cout = weight.shape
     nb = k // 2 + 1
-    by, bx, qy, qx, py, px = np.meshgrid(*(np.arange(n) for n in (nb, nb, 2, 2, 2, 2)),
-                                         indexing="ij")
-    dy, dx = 2 * by + qy - py, 2 * bx + qx - px
-    valid = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
-    return np.clip(dy, 0, k - 1), np.clip(dx, 0, k - 1), valid
+    phases = []
+    for py in range(2):
+        for px in range(2):
+            padded = jnp.pad(weight, ((py, 2 * nb - k - py), (px, 2 * nb - k - px), (0, 0), (0, 0)))
+            phases.append(padded.reshape(nb, 2, nb, 2, cin, cout))  # (by, qy, bx, qx, i, o)
+    w = jnp.stack(phases, axis=-2)  # (by, qy, bx, qx, i, (py, px), o)
+    return w.transpose(0, 2, 1, 3, 4, 5, 6).reshape(nb, nb, 4 * cin, 4 * cout)
+
+
+def _patches(x: jax.Array, nb: int, ph: int, pw: int) -> jax.Array:
+    """(n, H, W, c) -> (n, ph, pw, nb * nb * c): the nb x nb neighbourhoods as channels."""
+    return jnp.concatenate([x[:, i:i + ph, j:j + pw] for i in range(nb) for j in range(nb)],
+                           axis=-1)
+
+
+@jax.custom_jvp
+def _valid_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Valid NHWC x HWIO convolution, differentiated as a product with input patches.
+
+    The value is XLA's convolution. Its JVP (hence its VJP and every
+    linearisation) is written as matrix products with the nb x nb input
+    patches instead of convolutions: XLA's CPU backend runs the
+    weight-gradient (and input-gradient) convolutions of a small CNN 10 to
+    70 times slower inside a ``lax.while_loop`` than outside it (layout
+    assignment in loop bodies, jax issue #12868), and every Krylov KKT solve
+    applies the linearised network inside such a loop. Matrix products have
+    no such penalty and cost about the same as the convolutions outside loops.
+    """
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(_valid_conv.defjvp, symbolic_zeros=True)
+def _valid_conv_jvp(primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    y = _valid_conv(x, w)
+    nb, _, cin, cout = w.shape
+    _, ph, pw, _ = y.shape
+    terms = []
+    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+        terms.append(_patches(dx, nb, ph, pw) @ w.reshape(nb * nb * cin, cout))
+    if not isinstance(dw, jax.custom_derivatives.SymbolicZero):
+        terms.append(_patches(x, nb, ph, pw) @ dw.reshape(nb * nb * cin, cout))
+    dy = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
+    return y, dy
 
 
 class ConvReluPool(eqx.Module):
@@ -159,7 +206,9 @@ class ConvReluPool(eqx.Module):
     convolutions (above all their weight gradients) are several times faster on
     this few-pixels-many-channels form than on a 3-channel image; the
     parameters are the plain kernel and bias, so parameter counts and
-    initialisation are those of a standard convolution.
+    initialisation are those of a standard convolution. Derivatives are
+    matrix products with input patches (see `_valid_conv`), which stay fast
+    inside the while loops of the Krylov KKT solvers.
 
     Attributes:
       weight: kernel (k, k, in_channels, out_channels) (HWIO).
@@ -176,12 +225,7 @@ class ConvReluPool(eqx.Module):
                              f"weight of shape {self.weight.shape}.")
 
     def _structured_weight(self) -> jax.Array:
-        k, _, cin, cout = self.weight.shape
-        nb = k // 2 + 1
-        dy, dx, valid = _phase_gather(k)
-        w = jnp.where(valid[..., None, None], self.weight[dy, dx], 0)  # (by,bx,qy,qx,py,px,i,o)
-        w = jnp.transpose(w, (0, 1, 2, 3, 6, 4, 5, 7))  # (by, bx, qy, qx, i, py, px, o)
-        return w.reshape(nb, nb, 4 * cin, 4 * cout)
+        return _phase_kernel(self.weight)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the block to one feature map (H, W, in_channels) -> (H', W', out_channels).
@@ -197,9 +241,7 @@ class ConvReluPool(eqx.Module):
         hb, wb = ph + nb - 1, pw + nb - 1  # 2x2 blocks of input needed
         x = x[: 2 * hb, : 2 * wb]
         x = x.reshape(hb, 2, wb, 2, cin).transpose(0, 2, 1, 3, 4).reshape(hb, wb, 4 * cin)
-        y = jax.lax.conv_general_dilated(
-            x[None], self._structured_weight().astype(x.dtype), (1, 1), "VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]  # (ph, pw, 4 * cout)
+        y = _valid_conv(x[None], self._structured_weight().astype(x.dtype))[0]  # (ph, pw, 4 cout)
         y = jnp.max(y.reshape(ph, pw, 4, cout), axis=2) + self.bias
         return jax.nn.relu(y)
 

@@ -141,3 +141,47 @@ def test_adam_step_on_partitioned_model_reduces_eq14_loss():
         params, state, value = step(params, state)
         first = value if first is None else first
     assert math.isfinite(float(value)) and float(loss(params)) < float(first)
+
+
+@pytest.mark.parametrize("nb, size, cin, cout", [(3, 9, 12, 8), (2, 7, 4, 5), (1, 5, 3, 2)])
+def test_valid_conv_and_its_derivatives_match_lax_convolution_in_float64(nb, size, cin, cout):
+    """`_valid_conv` (patch-matmul JVP) against ``lax.conv_general_dilated`` (float64).
+
+    The value, the JVP in x and w together and separately, and reverse-mode
+    gradients (built from the JVP by transposition) must all equal those of
+    XLA's convolution to float64 round-off.
+    """
+    from kktopt.pose.model import _valid_conv
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(nb * 100 + size)
+        x, dx = (jnp.asarray(rng.normal(size=(2, size, size + 2, cin))) for _ in range(2))
+        w, dw = (jnp.asarray(rng.normal(size=(nb, nb, cin, cout))) for _ in range(2))
+        assert x.dtype == jnp.float64
+        tol = dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_valid_conv(x, w), reference(x, w), **tol)
+        for tangents in ((dx, dw), (dx, jnp.zeros_like(w)), (jnp.zeros_like(x), dw)):
+            _, got = jax.jvp(_valid_conv, (x, w), tangents)
+            _, want = jax.jvp(reference, (x, w), tangents)
+            np.testing.assert_allclose(got, want, **tol)
+        # Only one argument differentiated: the other tangent is a symbolic zero.
+        _, got = jax.jvp(lambda w: _valid_conv(x, w), (w,), (dw,))
+        _, want = jax.jvp(lambda w: reference(x, w), (w,), (dw,))
+        np.testing.assert_allclose(got, want, **tol)
+        cot = jnp.asarray(rng.normal(size=reference(x, w).shape))
+
+        def loss(fn):
+            return lambda x, w: jnp.sum(jnp.sin(fn(x, w)) * cot)
+
+        got = jax.jit(jax.grad(loss(_valid_conv), argnums=(0, 1)))(x, w)
+        want = jax.grad(loss(reference), argnums=(0, 1))(x, w)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, **tol)
+        # Second order (forward over reverse), as Gauss-Newton-style code may use.
+        hvp = jax.jvp(jax.grad(lambda w: loss(_valid_conv)(x, w)), (w,), (dw,))[1]
+        hvp_ref = jax.jvp(jax.grad(lambda w: loss(reference)(x, w)), (w,), (dw,))[1]
+        np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-10, atol=1e-10)
