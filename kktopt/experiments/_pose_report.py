@@ -45,6 +45,8 @@ def _error_violation_axes(ax, results: dict[str, Any]) -> str:
 
 
 def _finish(fig, ax, path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
