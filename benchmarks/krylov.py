@@ -83,8 +83,9 @@ import scipy.sparse.linalg as sp_linalg  # noqa: E402
 import kktopt  # noqa: E402
 from kktopt import krylov  # noqa: E402
 
+from _results import RESULTS, read_section, replace_section  # noqa: E402
+
 HIGHEST = jax.lax.Precision.HIGHEST
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Krylov solvers (`benchmarks/krylov.py`)"
 
 
@@ -548,31 +549,16 @@ def run_block(env, args, results) -> str:
 
 def write_results(path: Path, block: str, env) -> None:
     """Replace this script's run for the same jax/Python versions in ``path``; keep the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nOne section per benchmark script.\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        before, after, runs = lines, [], {}
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        before, after = lines[:start], lines[end:]
-        runs, current = {}, None
-        for line in lines[start + 1 : end]:
-            if line.startswith("### "):
-                current = line
-                runs[current] = []
-            elif current is not None:
-                runs[current].append(line)
-        runs = {head: "\n".join([head, *body]).rstrip() + "\n" for head, body in runs.items()}
-    head = block.splitlines()[0]
-    runs[head] = block.rstrip() + "\n"
-    section = [SECTION, "", INTRO] + [runs[k] for k in sorted(runs)]
-    while before and not before[-1].strip():
-        before.pop()
-    out = "\n".join(before) + "\n\n" + "\n".join(section).rstrip() + "\n"
-    if after:
-        out += "\n" + "\n".join(after).rstrip() + "\n"
-    path.write_text(out)
+    runs, current = {}, None
+    for line in read_section(path, SECTION) or []:
+        if line.startswith("### "):
+            current = line
+            runs[current] = []
+        elif current is not None:
+            runs[current].append(line)
+    runs = {head: "\n".join([head, *body]).rstrip() + "\n" for head, body in runs.items()}
+    runs[block.splitlines()[0]] = block.rstrip() + "\n"
+    replace_section(path, SECTION, "\n".join([INTRO] + [runs[k] for k in sorted(runs)]))
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,6 @@ import datetime
 import platform
 import sys
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -46,6 +45,8 @@ import optax
 import kktopt
 from kktopt.pose import bone_symmetry, make_model
 from kktopt.pose.synthetic import generate
+
+from _results import RESULTS, replace_section
 
 
 def build_cnn(seed: int, quick: bool):
@@ -215,7 +216,6 @@ def run(model_name, build, seed, repeats, quick):
     return n_params, lines
 
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Step cost (`benchmarks/step_cost.py`)"
 INTRO = """One jitted training step (forward, backward, KKT solve, optimiser update),
 warm, median over interleaved rounds (each round runs every method once, so
@@ -230,21 +230,7 @@ every step is comparable; the soft penalty weight is 1e-3.
 
 
 def write_results(block: str) -> None:
-    """Replace this script's section of RESULTS.md, keep the rest."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nOne section per benchmark script.\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        before, after = lines, []
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        before, after = lines[:start], lines[end:]
-    while before and not before[-1].strip():
-        before.pop()
-    out = "\n".join(before) + "\n\n" + SECTION + "\n\n" + INTRO + "\n" + block.rstrip() + "\n"
-    if after:
-        out += "\n" + "\n".join(after).rstrip() + "\n"
-    RESULTS.write_text(out)
+    replace_section(RESULTS, SECTION, INTRO + "\n" + block)
 
 
 def main(argv=None):
