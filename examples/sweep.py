@@ -102,8 +102,8 @@ def main(argv=None):
     # Hard-Adam over 8 learning rates: inject_hyperparams makes the learning
     # rate a traced array, so vmap batches the whole run.
     def hard_run(lr):
-        tx = optax.inject_hyperparams(kktopt.scale_by_adam_kkt, static_args=("constraint_fn", "active"))(
-            constraint_fn=conservation, learning_rate=lr, active=selector
+        tx = optax.inject_hyperparams(kktopt.hard_adam, static_args="constraint_fn")(
+            learning_rate=lr, constraint_fn=conservation, active=selector
         )
         run = train(tx, params, lambda p: loss_fn(p, (x_lab, y_lab)), x_pool, args.steps)
         return evaluate(run, x_test, y_test)

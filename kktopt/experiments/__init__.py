@@ -1,2 +1,0 @@
-from kktopt.experiments import hypersphere as hypersphere
-from kktopt.experiments import pose as pose
