@@ -8,6 +8,12 @@ with a JAX-native MINRES-QLP:
 >>> def constraint_fn(params, batch):          # C(w) = 0 when satisfied
 ...     return params["w"] @ batch
 >>> tx = optax.chain(optax.sgd(1e-2), kktopt.project_kkt(constraint_fn))
+>>> tx = kktopt.hard_sgd(1e-2, constraint_fn)  # the same optimiser in one line
+
+Argument order: building blocks (``project_kkt``, ``scale_by_adam_kkt``,
+``gauss_newton_kkt``) take the problem's functions first; the one-line
+optimisers (``hard_sgd``, ``hard_adam``) take ``learning_rate`` first, like
+optax's.
 """
 
 from kktopt import active as active
@@ -15,6 +21,7 @@ from kktopt import kkt as kkt
 from kktopt import krylov as krylov
 from kktopt import memory as memory
 from kktopt.active import mine_active_constraints as mine_active_constraints
+from kktopt.kkt import KKTSolver as KKTSolver
 from kktopt.kkt import KrylovKKT as KrylovKKT
 from kktopt.kkt import SchurKKT as SchurKKT
 from kktopt.transforms import GaussNewtonKKTState as GaussNewtonKKTState
@@ -23,7 +30,10 @@ from kktopt.transforms import ProjectKKTState as ProjectKKTState
 from kktopt.transforms import ScaleByAdamKKTState as ScaleByAdamKKTState
 from kktopt.transforms import constraint_penalty as constraint_penalty
 from kktopt.transforms import gauss_newton_kkt as gauss_newton_kkt
+from kktopt.transforms import get_kkt_info as get_kkt_info
+from kktopt.transforms import get_kkt_infos as get_kkt_infos
 from kktopt.transforms import hard_adam as hard_adam
+from kktopt.transforms import hard_sgd as hard_sgd
 from kktopt.transforms import project_kkt as project_kkt
 from kktopt.transforms import scale_by_adam_kkt as scale_by_adam_kkt
 from kktopt.transforms import soft_constrained_loss as soft_constrained_loss
@@ -33,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GaussNewtonKKTState",
     "KKTInfo",
+    "KKTSolver",
     "KrylovKKT",
     "ProjectKKTState",
     "SchurKKT",
@@ -40,7 +51,10 @@ __all__ = [
     "active",
     "constraint_penalty",
     "gauss_newton_kkt",
+    "get_kkt_info",
+    "get_kkt_infos",
     "hard_adam",
+    "hard_sgd",
     "kkt",
     "krylov",
     "memory",

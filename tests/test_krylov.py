@@ -472,3 +472,106 @@ def test_float32_dtype_is_kept():
     x, info = minres_qlp(t, b)
     assert x.dtype == jnp.float32 and info.relres.dtype == jnp.float32
     np.testing.assert_allclose(x, np.arange(1.0, 11.0), rtol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# Degenerate input and honest diagnostics (float32 and float64).
+# --------------------------------------------------------------------------
+
+DTYPES = [jnp.float64, jnp.float32]
+SOLVERS = [minres_qlp, minres, cg, dense_solve]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_acond_shows_dropped_pivots(x64, dtype):
+    # diag(-10..10), b = ones: the QLP phase drops the zero pivot. The
+    # retained part has condition 10; the reported acond must show the
+    # singularity (a dropped pivot of rounding size: >= 1/rank_tol).
+    a = jnp.asarray(np.diag(np.arange(-10.0, 11.0)), dtype)
+    x, info = minres_qlp(a, jnp.ones(21, dtype))
+    assert bool(info.success)
+    eps = float(jnp.finfo(dtype).eps)
+    assert float(info.acond) >= 1.0 / max(TOL[dtype][0], eps ** (2 / 3)), info.describe()
+    # a nonsingular system keeps the retained-part estimate
+    _, info = minres_qlp(a + 0.5 * jnp.eye(21, dtype=dtype), jnp.ones(21, dtype))
+    assert float(info.acond) <= 100, info.describe()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", [minres_qlp, minres, dense_solve])
+def test_zero_operator_and_null_space_rhs(x64, solver, dtype):
+    # x = 0 is the minimum-length least-squares solution: a least-squares
+    # code with relres 1 and relares 0, never "solved to machine precision".
+    cases = [(jnp.zeros((3, 3), dtype), jnp.ones(3, dtype)),
+             (jnp.diag(jnp.asarray([1.0, 2.0, 0.0], dtype)), jnp.asarray([0.0, 0.0, 1.0], dtype))]
+    for a, b in cases:
+        x, info = solver(a, b)
+        assert not np.any(np.asarray(x))
+        assert int(info.istop) in (Stop.LEAST_SQUARES_EPS, Stop.LEAST_SQUARES_RTOL), info.describe()
+        assert float(info.relres) == 1.0 and float(info.relares) == 0.0
+        assert not np.isfinite(float(info.acond))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_empty_system(x64, solver, dtype):
+    for a in (jnp.zeros((0, 0), dtype), lambda v: v):
+        x, info = solver(a, jnp.zeros((0,), dtype))
+        assert x.shape == (0,) and x.dtype == dtype
+        assert int(info.istop) == Stop.ZERO_RHS and int(info.iterations) == 0
+
+
+@pytest.mark.parametrize("solver", [minres_qlp, minres, cg])
+def test_maxiter_zero_runs_no_iteration(x64, solver):
+    t = jnp.asarray(tridiag(8, 1.0, 4.0, 1.0))
+    x0 = jnp.linspace(0.0, 1.0, 8)
+    for start in (None, x0):
+        x, info = solver(t, jnp.ones(8), maxiter=0, x0=start)
+        assert int(info.iterations) == 0 and int(info.istop) == Stop.MAXITER
+        np.testing.assert_array_equal(x, np.zeros(8) if start is None else x0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_extreme_scalings_give_the_scaled_solution(x64, solver, dtype):
+    t = jnp.asarray(tridiag(10, 1.0, 4.0, 1.0), dtype)
+    b = jnp.arange(1.0, 11.0, dtype=dtype)
+    ref = np.linalg.solve(np.asarray(t, np.float64), np.asarray(b, np.float64))
+    big = 1e160 if dtype == jnp.float64 else 1e30
+    for s in (big, 1 / big):
+        x, info = solver(t, b * s)
+        assert bool(info.success), (s, info.describe())
+        np.testing.assert_allclose(np.asarray(x, np.float64) / s, ref, rtol=TOL[dtype][1])
+        assert np.isfinite(float(info.rnorm)) and np.isfinite(float(info.xnorm)) and float(info.xnorm) > 0
+        assert float(info.relres) <= TOL[dtype][0] * 10
+
+
+def test_throw_names_the_code_that_occurred(x64):
+    t = jnp.asarray(tridiag(30, 1.0, 4.0, 1.0))
+    with pytest.raises(Exception, match="minres_qlp failed with istop 9: iteration limit") as err:
+        x, _ = jax.jit(lambda b: minres_qlp(t, b, maxiter=1, throw=True))(jnp.ones(30) + jnp.arange(30.0))
+        jax.block_until_ready(x)
+    assert "17" not in str(err.value).split("istop 9")[1][:200]
+    with pytest.raises(Exception, match="cg failed with istop 17: CG met a direction"):
+        x, _ = cg(jnp.asarray(np.diag(np.arange(-3.0, 4.0)) + 0.5), jnp.ones(7), throw=True)
+        jax.block_until_ready(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cg_reports_incompatible_systems(x64, dtype):
+    # Contradictory constraints: two equal rows of the Jacobian, so the Schur
+    # complement J J^T is singular and a generic right-hand side is not in its
+    # range. CG must not report success with a huge residual.
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        g = np.random.default_rng(seed).normal(size=(6, 30))
+        g[1] = g[0]
+        s = jnp.asarray(g @ g.T, dtype)
+        r = jnp.asarray(rng.normal(size=6), dtype)
+        x, info = cg(s, r)
+        assert int(info.istop) == Stop.INCOMPATIBLE, info.describe()
+        assert not bool(info.success)
+        assert float(jnp.linalg.norm(x)) < 1e5
+        # the same operator on a compatible right-hand side still converges
+        x, info = cg(s, s @ r)
+        assert bool(info.success), info.describe()

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from kktopt._tree import batch_size
+
 PyTree = Any
 
 
@@ -45,6 +47,12 @@ class Linearization(NamedTuple):
         (with ``matrix``), else None.
       values: the constraint values as ``constraint_fn`` returned them (all
         of them, active or not), before the step.
+      rows: ``(m,)`` 1 for every row of the problem, 0 for the rows of
+        samples with weight 0 in ``sample_mask`` (padding); the inequality
+        test comes on top of it in ``mask``.
+      full_jvp: ``dw -> A dw`` on every row (no mask), for :meth:`restrict`.
+      full_vjp: ``lam -> A^T lam`` on every row (no mask).
+      full_matrix: the dense Jacobian without the mask (with ``matrix``).
     """
 
     c: jax.Array
@@ -55,10 +63,59 @@ class Linearization(NamedTuple):
     matrix: jax.Array | None = None
     unravel: Callable[[jax.Array], PyTree] | None = None
     values: jax.Array | None = None
+    rows: jax.Array | None = None
+    full_jvp: Callable[[PyTree], jax.Array] | None = None
+    full_vjp: Callable[[jax.Array], PyTree] | None = None
+    full_matrix: jax.Array | None = None
 
     @property
     def num_active(self) -> jax.Array:
         return jnp.sum(self.mask).astype(jnp.int32)
+
+    @property
+    def finite(self) -> jax.Array:
+        """True when every constraint value of the problem's rows (padding excluded) is finite."""
+        values = self.c if self.values is None else self.values.reshape(-1)
+        rows = self.mask if self.rows is None else self.rows
+        return jnp.all(jnp.isfinite(values) | (rows == 0))
+
+    def restrict(self, mask: jax.Array) -> "Linearization":
+        """The same linearisation with the active rows ``mask`` (within ``rows``); no new evaluation.
+
+        Used by the active-set rounds of ``inequality_rounds``: the rows
+        that a step newly violates join the active set and the KKT system
+        is solved again on the same linearisation.
+        """
+        if self.full_jvp is None:
+            raise ValueError("restrict needs a Linearization built by kktopt.kkt.linearize_constraints.")
+        mask = (jnp.asarray(mask, self.c.dtype) * self.rows).astype(self.c.dtype)
+        return _masked(self.values.reshape(-1), mask, self.shape, self.full_jvp, self.full_vjp,
+                       self.rows, self.full_matrix, self.unravel)
+
+
+def as_array_fn(constraint_fn: Callable[[PyTree, Any], Any]) -> Callable[[PyTree, Any], jax.Array]:
+    """``constraint_fn`` with an array-like output (Python or NumPy scalar, NumPy array) made a JAX array.
+
+    A Python number takes the dtype of the parameters (it is weakly typed);
+    a tuple, list or dict is passed through, for :func:`_check_output` to
+    reject with its message.
+    """
+    if getattr(constraint_fn, "_kktopt_as_array", False):
+        return constraint_fn
+
+    def wrapped(params, batch):
+        out = constraint_fn(params, batch)
+        if isinstance(out, (bool, int, float, np.ndarray, np.generic)):
+            leaves = [x for x in jax.tree_util.tree_leaves(params) if hasattr(x, "dtype")]
+            weak = isinstance(out, (int, float)) and not isinstance(out, bool)
+            out = jnp.asarray(out)
+            if weak and leaves and jnp.issubdtype(jnp.result_type(*leaves), jnp.floating):
+                out = out.astype(jnp.result_type(*leaves))
+        return out
+
+    wrapped._kktopt_as_array = True
+    wrapped.__wrapped__ = constraint_fn
+    return wrapped
 
 
 def _check_output(out, params) -> None:
@@ -127,6 +184,7 @@ def linearize_constraints(
       A :class:`Linearization`.
     """
     _check_params(params)
+    constraint_fn = as_array_fn(constraint_fn)
     out_struct = jax.eval_shape(lambda p: constraint_fn(p, constraint_batch), params)
     _check_output(out_struct, params)
     shape = tuple(out_struct.shape)
@@ -146,32 +204,62 @@ def linearize_constraints(
         return constraint_fn(p, constraint_batch).reshape(-1)
 
     c, jvp_raw = jax.linearize(flat_fn, params)
-    vjp_raw = jax.linear_transpose(jvp_raw, params)
-    mask = _active_mask(c, shape, inequality, sample_mask)
+    transpose = jax.linear_transpose(jvp_raw, params)
 
-    def jvp(dw):
-        return mask * jvp_raw(dw)
-
-    def vjp(lam):
-        (out,) = vjp_raw(mask * lam)
+    def vjp_raw(lam):
+        (out,) = transpose(lam)
         return out
 
+    rows = _sample_rows(c, shape, sample_mask)
+    mask = _active_mask(c, inequality, rows)
+    return _masked(c, mask, shape, jvp_raw, vjp_raw, rows)
+
+
+def _sample_rows(c, shape, sample_mask):
+    if sample_mask is None:
+        return jnp.ones_like(c)
+    per_sample = jnp.asarray(sample_mask, c.dtype).reshape((shape[0],) + (1,) * (len(shape) - 1))
+    return jnp.broadcast_to(per_sample, shape).reshape(-1)
+
+
+def _active_mask(c, inequality, rows):
+    return (c > 0).astype(c.dtype) * rows if inequality else rows
+
+
+def _masked(c, mask, shape, full_jvp, full_vjp, rows, full_matrix=None, unravel=None) -> Linearization:
+    """The linearisation restricted to the rows ``mask``.
+
+    Inactive rows are set to 0 with ``where`` rather than a product, so a
+    NaN or Inf in a padding row (a sample of weight 0) cannot leak into the
+    active system.
+    """
+    on = mask > 0
+    matrix = None if full_matrix is None else jnp.where(on[:, None], full_matrix, 0)
+    if matrix is None:
+
+        def jvp(dw):
+            return jnp.where(on, full_jvp(dw), 0)
+
+        def vjp(lam):
+            return full_vjp(jnp.where(on, lam, 0))
+
+    else:
+        hi = jax.lax.Precision.HIGHEST
+
+        def jvp(dw):
+            return jnp.matmul(matrix, ravel_pytree(dw)[0], precision=hi)
+
+        def vjp(lam):
+            return unravel(jnp.matmul(lam, matrix, precision=hi))
+
     return Linearization(
-        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, values=c.reshape(shape)
+        c=jnp.where(on, c, 0), mask=mask, jvp=jvp, vjp=vjp, shape=shape, matrix=matrix,
+        unravel=unravel, values=c.reshape(shape), rows=rows, full_jvp=full_jvp, full_vjp=full_vjp,
+        full_matrix=full_matrix,
     )
 
 
-def _active_mask(c, shape, inequality, sample_mask):
-    mask = (c > 0).astype(c.dtype) if inequality else jnp.ones_like(c)
-    if sample_mask is not None:
-        per_sample = jnp.asarray(sample_mask, c.dtype).reshape((shape[0],) + (1,) * (len(shape) - 1))
-        mask = mask * jnp.broadcast_to(per_sample, shape).reshape(-1)
-    return mask
-
-
 def _linearize_per_sample(constraint_fn, params, batch, inequality, shape, sample_mask) -> Linearization:
-    from kktopt.active import batch_size  # selectors and this share the sample-axis rule
-
     b = batch_size(batch)
     if len(shape) == 0 or shape[0] != b:
         raise ValueError(
@@ -192,20 +280,17 @@ def _linearize_per_sample(constraint_fn, params, batch, inequality, shape, sampl
         (rows,) = jax.vmap(pullback)(eye)
         return values, rows
 
-    values, rows = jax.vmap(one)(batch)
+    values, jac_rows = jax.vmap(one)(batch)
     c = values.reshape(-1)
-    matrix = rows.reshape(c.shape[0], -1)
-    mask = _active_mask(c, shape, inequality, sample_mask)
-    matrix = mask[:, None] * matrix
+    full = jac_rows.reshape(c.shape[0], -1)
     hi = jax.lax.Precision.HIGHEST
 
-    def jvp(dw):
-        return jnp.matmul(matrix, ravel_pytree(dw)[0], precision=hi)
+    def full_jvp(dw):
+        return jnp.matmul(full, ravel_pytree(dw)[0], precision=hi)
 
-    def vjp(lam):
-        return unravel(jnp.matmul(lam, matrix, precision=hi))
+    def full_vjp(lam):
+        return unravel(jnp.matmul(lam, full, precision=hi))
 
-    return Linearization(
-        c=mask * c, mask=mask, jvp=jvp, vjp=vjp, shape=shape, matrix=matrix, unravel=unravel,
-        values=values.reshape(shape),
-    )
+    rows = _sample_rows(c, shape, sample_mask)
+    mask = _active_mask(c, inequality, rows)
+    return _masked(c, mask, shape, full_jvp, full_vjp, rows, full, unravel)

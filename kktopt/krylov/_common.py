@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from kktopt.krylov import _operator, _tree
-from kktopt.krylov._info import SolverInfo, Stop
+from kktopt.krylov._info import SolverInfo, Stop, stop_message
 
 PyTree = Any
 
@@ -46,8 +46,11 @@ def resolve_settings(
     1e7 / 1e4 and trancond 1e7 / 1e4 (the reference software's choices for
     double and single precision); acondlim 1e15 / 1e6 (10^floor(log10(1/eps)));
     rank_tol max(rtol, eps^(2/3)).
-    User values of maxxnorm, trancond and acondlim are capped at 1/eps, as in the
-    reference software.
+    User values of trancond and acondlim are capped at 1/eps, as in the
+    reference software. ``maxxnorm`` bounds the growth ratio
+    ``||A|| ||x|| / ||b||`` (invariant to the scaling of A and b; the reference
+    software bounds ``||x||`` itself, which is the same for ``||A|| = ||b|| = 1``);
+    it is not capped (``inf`` disables the bound).
     """
     eps = _operator.dtype_eps(dtype)
     single = eps > 1e-10
@@ -70,7 +73,7 @@ def resolve_settings(
         rtol=arr(rtol, _operator.default_rtol(dtype)),
         atol=arr(atol, 0.0),
         maxiter=jnp.asarray(4 * size if maxiter is None else maxiter, jnp.int32),
-        maxxnorm=arr(maxxnorm, normmax, cap),
+        maxxnorm=arr(maxxnorm, normmax),
         trancond=arr(trancond, normmax, cap),
         acondlim=arr(acondlim, epsinv, epsinv),
         rank_tol=arr(rank_tol, 0.0)
@@ -168,7 +171,7 @@ def exit_residual(matvec: Callable, b: PyTree, x: PyTree):
     """True ||b - A x|| and ||A (b - A x)|| (two operator applications)."""
     r = _tree.tree_sub(b, matvec(x))
     ar = matvec(r)
-    return _tree.tree_norm(r), _tree.tree_norm(ar)
+    return _tree.tree_norm_safe(r), _tree.tree_norm_safe(ar)
 
 
 def finish_info(
@@ -178,8 +181,8 @@ def finish_info(
     if not check_residual:
         return info
     rnorm, arnorm = exit_residual(matvec, b, x)
-    bnorm = _tree.tree_norm(b)
-    xnorm = _tree.tree_norm(x)
+    bnorm = _tree.tree_norm_safe(b)
+    xnorm = _tree.tree_norm_safe(x)
     denom = info.anorm * xnorm + bnorm
     relres = jnp.where(denom > 0, rnorm / jnp.where(denom > 0, denom, 1), 0)
     denom2 = info.anorm * rnorm
@@ -188,18 +191,25 @@ def finish_info(
 
 
 def maybe_throw(x: PyTree, info: SolverInfo, throw: bool, name: str):
-    """Raise (through ``eqx.error_if``, so also under jit) when a solve failed."""
+    """Raise when a solve failed, with the message of the code that occurred.
+
+    Uses ``equinox.branched_error_if``, so it also raises under jit (at
+    runtime, when the result is used).
+    """
     if not throw:
         return x, info
     bad = ~info.success
-    msg = (
-        f"{name} failed: see info.istop and kktopt.krylov.stop_message(istop). Codes: "
-        "9 iteration limit (raise maxiter), 10 operator not symmetric, 11/12 preconditioner "
-        "not symmetric positive definite, 13 ||x|| over maxxnorm, 14 condition limit, "
-        "15 singular without a converged least-squares solution, 16 NaN/Inf, "
-        "17 CG on an indefinite operator."
-    )
-    x = jax.tree_util.tree_map(lambda leaf: eqx.error_if(leaf, bad, msg), x)
+    msgs = [
+        f"{name} failed with istop {code}: {stop_message(code)}" for code in range(max(Stop) + 1)
+    ]
+    index = jnp.clip(info.istop, 0, max(Stop))
+
+    def check(leaf):
+        if jnp.ndim(bad) == 0:
+            return eqx.branched_error_if(leaf, bad, index, msgs)
+        return eqx.branched_error_if(leaf, jnp.any(bad), jnp.max(jnp.where(bad, index, 0)), msgs)
+
+    x = jax.tree_util.tree_map(check, x)
     return x, info
 
 
@@ -306,7 +316,7 @@ def stop_verdict(
         (relaresl <= settings.rtol, Stop.LEAST_SQUARES_RTOL),
         (jnp.array(False) if ls_stagnated is None else ls_stagnated, Stop.LEAST_SQUARES_EPS),
         (anorm * xnorm * eps >= beta1, Stop.EIGENVECTOR),
-        (xnorm >= settings.maxxnorm, Stop.XNORM_LIMIT),
+        (anorm * xnorm >= settings.maxxnorm * beta1, Stop.XNORM_LIMIT),
         ((acond >= settings.acondlim) | (acond >= 0.1 / eps), Stop.ACOND_LIMIT),
         (k >= settings.maxiter, Stop.MAXITER),
         # Krylov subspace exhausted: beta_{k+1} is rounding noise.
@@ -340,18 +350,43 @@ def run_solver(
     op = _operator.make_operator(A, b, shift=shift)
     precond = _operator.make_preconditioner(preconditioner, b)
     settings = resolve_settings(op.dtype, op.size, **tolerances)
+    if x0 is not None:
+        _operator._check_same_structure("x0", x0, b)
+    if op.size == 0:
+        return maybe_throw(
+            _tree.tree_zeros_like(b) if x0 is None else x0, empty_info(op.dtype), throw, name
+        )
 
     def solve(matvec, rhs):
-        istop0, y0, beta1 = input_checks(op, rhs, precond, settings.eps, check_symmetry)
-        x, info = loop(matvec, rhs, precond, y0, beta1, istop0, settings, op.dtype)
+        # Solve with rhs / s for a power of two s near max |rhs| (exact), so
+        # that no norm or inner product of the iteration over- or underflows
+        # for a finite rhs of any size; the solution is s x.
+        scale = _tree.pow2_scale(_tree.tree_max_abs(rhs))
+        rhs_s = jax.tree_util.tree_map(lambda u: u / scale, rhs)
+        s = settings._replace(atol=settings.atol / scale)
+        istop0, y0, beta1 = input_checks(op, rhs_s, precond, s.eps, check_symmetry)
+        # maxiter = 0 runs no iteration.
+        istop0 = jnp.where((istop0 == 0) & (s.maxiter <= 0), Stop.MAXITER, istop0).astype(jnp.int32)
+        x, info = loop(matvec, rhs_s, precond, y0, beta1, istop0, s, op.dtype)
+        x = _tree.tree_scale(scale, x)
+        info = info._replace(
+            rnorm=info.rnorm * scale,
+            arnorm=jnp.where(info.arnorm >= 0, info.arnorm * scale, info.arnorm),
+            xnorm=info.xnorm * scale,
+        )
         return x, finish_info(info, matvec, rhs, x, check_residual and x0 is None)
 
     if x0 is None:
         x, info = linear_solve(op.matvec, b, solve)
     else:
-        _operator._check_same_structure("x0", x0, b)
         rhs = _tree.tree_sub(b, op.matvec(x0))
         dx, info = linear_solve(op.matvec, rhs, solve)
         x = jax.tree_util.tree_map(jnp.add, x0, dx)
         info = finish_info(info, op.matvec, b, x, check_residual)
     return maybe_throw(x, info, throw, name)
+
+
+def empty_info(dtype) -> SolverInfo:
+    """The info of a solve with n = 0 unknowns: x is the empty vector, istop ZERO_RHS."""
+    info = SolverInfo.empty(dtype)
+    return info._replace(istop=jnp.asarray(Stop.ZERO_RHS, jnp.int32), acond=jnp.ones((), dtype))

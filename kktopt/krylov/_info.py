@@ -14,7 +14,7 @@ class Stop(enum.IntEnum):
 
     Codes 1-15 follow the numbering of the MINRES-QLP reference software of
     Choi and Saunders (ACM TOMS Algorithm 937), so logs can be compared with
-    it; 16 and 17 are kktopt's own. Codes 1-8 are successes: ``x`` is a
+    it; 16-18 are kktopt's own. Codes 1-8 are successes: ``x`` is a
     solution or a least-squares solution to the requested tolerance.
     """
 
@@ -23,7 +23,7 @@ class Stop(enum.IntEnum):
     EIGENVECTOR = 2
     """||A|| ||x|| eps >= ||b||: b (and x) is numerically an eigenvector."""
     ZERO_RHS = 3
-    """b = 0, so x = 0 exactly; no iteration was run."""
+    """b = 0 (or the system is empty, n = 0), so x = 0 exactly; no iteration was run."""
     SOLVED_RTOL = 4
     """relres <= rtol: x solves the (possibly singular) system A x = b."""
     SOLVED_EPS = 5
@@ -43,7 +43,7 @@ class Stop(enum.IntEnum):
     INDEFINITE_M = 12
     """The preconditioner does not appear to be positive definite."""
     XNORM_LIMIT = 13
-    """||x|| reached maxxnorm."""
+    """||A|| ||x|| / ||b|| reached maxxnorm (a growth bound, invariant to the scaling of A and b)."""
     ACOND_LIMIT = 14
     """The condition estimate reached acondlim (or 0.1/eps)."""
     SINGULAR = 15
@@ -52,13 +52,16 @@ class Stop(enum.IntEnum):
     """NaN or Inf in b, in the operator's output or in the preconditioner's output."""
     INDEFINITE_A = 17
     """CG only: a direction of non-positive curvature; A is not positive definite."""
+    INCOMPATIBLE = 18
+    """CG only: numerically zero curvature, or ||x|| growing past maxxnorm, before the
+    residual converged: A is singular and b does not lie in its range."""
 
 
 _MESSAGES = {
     0: "no stop condition recorded",
     Stop.LANCZOS_EXHAUSTED: "the Krylov subspace is exhausted (beta_{k+1} < eps); x is the final Lanczos iterate",
     Stop.EIGENVECTOR: "b is numerically an eigenvector of A; x = b / alpha_1",
-    Stop.ZERO_RHS: "b = 0, so the exact solution is x = 0",
+    Stop.ZERO_RHS: "b = 0 (or n = 0), so the exact solution is x = 0",
     Stop.SOLVED_RTOL: "a solution of A x = b to the requested rtol",
     Stop.SOLVED_EPS: "a solution of A x = b to machine precision",
     Stop.LEAST_SQUARES_RTOL: "a minimum-length least-squares solution (A singular, b not in its range), to rtol",
@@ -68,11 +71,12 @@ _MESSAGES = {
     Stop.NONSYMMETRIC_A: "the operator does not appear symmetric: MINRES-type solvers need A = A^T; use a GMRES-type solver or symmetrise the operator",
     Stop.NONSYMMETRIC_M: "the preconditioner does not appear symmetric: it must apply M^-1 for a symmetric positive definite M",
     Stop.INDEFINITE_M: "the preconditioner is not positive definite (v' M^-1 v <= 0): it must apply M^-1 for a symmetric positive definite M",
-    Stop.XNORM_LIMIT: "||x|| reached maxxnorm: the system is probably singular and incompatible; raise maxxnorm if large solutions are expected",
+    Stop.XNORM_LIMIT: "||A|| ||x|| / ||b|| reached maxxnorm: the system is probably singular and incompatible; raise maxxnorm if a solution this large relative to ||b|| / ||A|| is expected",
     Stop.ACOND_LIMIT: "the condition estimate reached acondlim: A is very ill-conditioned; x is the last iterate before the limit",
     Stop.SINGULAR: "|gamma_k| < eps: A is singular and no converged least-squares solution was found yet: raise maxiter",
     Stop.NONFINITE: "NaN or Inf in b or in the output of the operator or preconditioner; x is the last finite iterate",
     Stop.INDEFINITE_A: "CG met a direction of non-positive curvature: A is not positive definite; use minres_qlp",
+    Stop.INCOMPATIBLE: "CG broke down on a singular, incompatible system (numerically zero curvature p'Ap, or ||x|| past maxxnorm, while the residual had not converged): b is not in the range of A; x is the last iterate before the breakdown; use minres_qlp (minimum-length least-squares solution) or lsmr",
 }
 
 
@@ -101,7 +105,12 @@ class SolverInfo(NamedTuple):
       relres: rnorm / (anorm * xnorm + ||b||), the normwise backward error.
       relares: arnorm / (anorm * rnorm), small for a least-squares solution.
       anorm: estimate of ||A|| (Frobenius norm for the dense solver).
-      acond: estimate of cond(A).
+      acond: estimate of cond(A) = ||A|| / sigma_min over every direction the
+        solve met, including the ones it dropped as numerically singular: a
+        dropped pivot gives a value of order 1/rank_tol to 1/eps, or inf for
+        an exactly zero one (A = 0, b in the null space). A value above
+        about 0.1/eps means A is numerically singular; x then is the
+        minimum-length solution on the retained directions.
       xnorm: ||x||.
     """
 

@@ -79,3 +79,35 @@ def tree_all_finite(x: PyTree) -> jax.Array:
     return functools.reduce(
         jnp.logical_and, [jnp.all(jnp.isfinite(leaf)) for leaf in leaves], jnp.array(True)
     )
+
+
+def tree_max_abs(x: PyTree) -> jax.Array:
+    """max |x_i| over every leaf (0 for a pytree with no entries; NaN propagates)."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(x) if leaf.size]
+    if not leaves:
+        return jnp.zeros((), jnp.result_type(*jax.tree_util.tree_leaves(x)) if jax.tree_util.tree_leaves(x) else jnp.float32)
+    return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(leaf)) for leaf in leaves])
+
+
+def pow2_scale(m: jax.Array) -> jax.Array:
+    """A power of two within a factor 2 of ``m`` (1 where m is 0 or not finite).
+
+    Dividing by it is exact, so scaling a vector with it changes no digit.
+    """
+    ok = jnp.isfinite(m) & (m > 0)
+    _, e = jnp.frexp(jnp.where(ok, m, 1))
+    return jnp.where(ok, jnp.ldexp(jnp.ones_like(m), e), 1).astype(m.dtype)
+
+
+def tree_norm_safe(a: PyTree) -> jax.Array:
+    """Euclidean norm of a pytree that neither overflows nor underflows.
+
+    The entries are divided by a power of two near max |a_i| before the sum of
+    squares (one extra pass over the data), so ``||a||`` is finite whenever it
+    is representable, e.g. for entries of size 1e160 in float64 or 1e30 in
+    float32 where ``sqrt(a' a)`` overflows.
+    """
+    if tree_size(a) == 0:
+        return tree_norm(a) if jax.tree_util.tree_leaves(a) else jnp.zeros(())
+    s = pow2_scale(tree_max_abs(a))
+    return s * tree_norm(jax.tree_util.tree_map(lambda u: u / s, a))

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kktopt.krylov import _common, _tree
+from kktopt.krylov import _common, _operator, _tree
 from kktopt.krylov._info import SolverInfo, Stop
 
 PyTree = Any
@@ -93,9 +93,24 @@ def _cg_loop(matvec: Callable, b, precond, y0, beta1, istop0, s: _common.Setting
         )
         finite = jnp.isfinite(pq) & jnp.isfinite(rz) & jnp.isfinite(xnorm)
         m_indefinite = (rz < 0) if precond is not None else jnp.array(False)
-        ok = positive & finite & ~m_indefinite
+        # A singular, incompatible system (b not in the range of A): the part
+        # of r in the null space never shrinks, the search direction turns
+        # into the null space, its curvature drops to rounding level and the
+        # step length (and ||x||) explode while the recurred residual, no
+        # longer the true one, can look converged. Either sign rejects the
+        # step and stops with INCOMPATIBLE.
+        zero_curv = (k > 1) & (curv <= 10 * s.eps * st.curv_max)
+        blow_up = anorm * xnorm >= s.maxxnorm * beta1
+        incompatible = positive & (zero_curv | blow_up)
+        ok = positive & finite & ~m_indefinite & ~incompatible
         bad_code = jnp.where(
-            ~finite, Stop.NONFINITE, jnp.where(~positive, Stop.INDEFINITE_A, Stop.INDEFINITE_M)
+            ~finite,
+            Stop.NONFINITE,
+            jnp.where(
+                ~positive,
+                Stop.INDEFINITE_A,
+                jnp.where(m_indefinite, Stop.INDEFINITE_M, Stop.INCOMPATIBLE),
+            ),
         ).astype(jnp.int32)
         return jax.tree_util.tree_map(
             lambda n, o: jnp.where(ok, n, o), new, st._replace(k=k, istop=bad_code)
@@ -122,6 +137,7 @@ def cg(
     rtol=None,
     atol=0.0,
     maxiter=None,
+    maxxnorm=None,
     check_symmetry: bool = True,
     check_residual: bool = True,
     throw: bool = False,
@@ -136,16 +152,30 @@ def cg(
     ``check_residual`` computes them at exit. ``acond`` is the ratio of the
     largest to the smallest Rayleigh quotient seen (a lower bound).
 
+    On a singular system whose ``b`` is not in the range of ``A`` CG cannot
+    converge: the step that turns into the null space has rounding-level
+    curvature and a huge step length. CG stops before taking it, with
+    ``istop = 18`` (:attr:`Stop.INCOMPATIBLE`) and the last iterate, when
+    ``p'Ap <= 10 eps max_k(p_k'Ap_k / p_k'p_k) p'p`` or when the growth ratio
+    ``||A|| ||x|| / ||b||`` reaches ``maxxnorm`` (default ``1/eps``; a
+    solution of an SPD system never exceeds cond(A)). Use
+    :func:`~kktopt.krylov.minres_qlp` for the minimum-length least-squares
+    solution of such a system. ``maxiter = 0`` runs no iteration (istop 9).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from kktopt.krylov import cg
       >>> x, info = cg(jnp.array([[4.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]))
       >>> [round(float(v), 4) for v in x]
       [0.0909, 0.6364]
+
+    References:
+      Hestenes and Stiefel (1952), Eqs. 3:1a-3:1f (the CG recurrences).
     """
     return _common.run_solver(
         _cg_loop, "cg", A, b,
         shift=shift, preconditioner=preconditioner, x0=x0,
         check_symmetry=check_symmetry, check_residual=check_residual, throw=throw,
         rtol=rtol, atol=atol, maxiter=maxiter,
+        maxxnorm=(1.0 / _operator.dtype_eps(_operator._solve_dtype(b))) if maxxnorm is None else maxxnorm,
     )

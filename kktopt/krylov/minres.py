@@ -106,19 +106,35 @@ def _minres_loop(matvec: Callable, b, precond, y0, beta1, istop0, s: _common.Set
             relres=relres, relaresl=relaresl, arnorml=arnorml,
         )
         ok = finite & jnp.isfinite(xnorm) & ~m_indefinite & ~singular
-        bad_code = jnp.where(
-            ~finite, Stop.NONFINITE, jnp.where(m_indefinite, Stop.INDEFINITE_M, Stop.SINGULAR)
-        ).astype(jnp.int32)
-        return jax.tree_util.tree_map(
-            lambda n, o: jnp.where(ok, n, o), new, st._replace(k=k, istop=bad_code)
+        # A zero pivot with ||A r_{k-1}|| already negligible (A = 0, b in the
+        # null space, or a singular exhausted subspace): x_{k-1} is a
+        # least-squares solution, not a failure.
+        singular_code = jnp.where(
+            1 + relaresl <= 1,
+            Stop.LEAST_SQUARES_EPS,
+            jnp.where(relaresl <= s.rtol, Stop.LEAST_SQUARES_RTOL, Stop.SINGULAR),
         )
+        bad_code = jnp.where(
+            ~finite, Stop.NONFINITE, jnp.where(m_indefinite, Stop.INDEFINITE_M, singular_code)
+        ).astype(jnp.int32)
+        rejected = st._replace(
+            k=k, istop=bad_code,
+            relaresl=jnp.where(singular, relaresl, st.relaresl),
+            arnorml=jnp.where(singular, arnorml, st.arnorml),
+            anorm=jnp.where(singular, anorm, st.anorm),
+            gmin=jnp.where(singular, 0, st.gmin).astype(dtype),
+        )
+        return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, rejected)
 
     st = jax.lax.while_loop(lambda st: st.istop == 0, body, init)
     info = SolverInfo(
         istop=st.istop, iterations=st.k, minres_iterations=st.k,
         qlp_iterations=jnp.zeros((), jnp.int32), rnorm=st.rnorm, arnorm=st.arnorml,
         relres=st.relres, relares=st.relaresl, anorm=st.anorm,
-        acond=jnp.where(st.k > 0, st.gmax / st.gmin, 1).astype(dtype), xnorm=st.xnorm,
+        acond=jnp.where(
+            st.k > 0, jnp.where(st.gmin == 0, jnp.inf, st.gmax / st.gmin), 1
+        ).astype(dtype),
+        xnorm=st.xnorm,
     )
     return st.x, info
 

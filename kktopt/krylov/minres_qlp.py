@@ -91,6 +91,7 @@ class _State(NamedTuple):
     gmin: jax.Array
     gminl: jax.Array
     dropped: jax.Array  # whether u_k was dropped at the last step
+    dropmin: jax.Array  # smallest |gamma| dropped so far (inf: none)
     rnorm: jax.Array
     relres: jax.Array
     relresl: jax.Array
@@ -112,7 +113,7 @@ def _initial_state(b, y, beta1, istop, dtype, precond) -> _State:
         u=zero, ul=zero, ul2=zero, ul3=zero,
         gamal_qlp=zero, vepln_qlp=zero, gama_qlp=zero, ul_qlp=zero, u_qlp=zero,
         xnorm=zero, xl2norm=zero, anorm=zero, acond=one, gmin=zero, gminl=zero, dropped=jnp.array(False),
-        rnorm=beta1, relres=jnp.where(beta1 > 0, one, zero), relresl=zero, relaresl=zero,
+        dropmin=jnp.full((), jnp.inf, dtype), rnorm=beta1, relres=jnp.where(beta1 > 0, one, zero), relresl=zero, relaresl=zero,
         arnorml=zero,
     )
 
@@ -158,6 +159,14 @@ def _minres_qlp_loop(
         dlta_qlp = dlta
         gamal2, gamal = st.gamal, st.gama
         cs, sn, gama = _common.sym_ortho(gbar, betan)
+        # gbar = beta_{k+1} = 0 (A = 0, b in the null space of A, or an
+        # exhausted subspace on which T_k is singular): the new column is zero,
+        # so it removes nothing from the residual. Take Q_k = [0 1; 1 0] rather
+        # than sym_ortho's identity, which would move all of phi into tau and
+        # report a zero residual for a step that never changes x.
+        zero_col = gama == 0
+        cs = jnp.where(zero_col, 0, cs)
+        sn = jnp.where(zero_col, 1, sn)
         gama_tmp = gama
         taul2, taul = st.taul, st.tau
         tau = cs * st.phi
@@ -198,7 +207,7 @@ def _minres_qlp_loop(
         singular = jnp.abs(gama) <= eps * anorm_guess
         rank_drop = singular | (like_ls & (jnp.abs(gama) <= s.rank_tol * anorm_guess))
         u = _safe_div(tau - eta * ul2 - vepln * ul, gama)
-        too_long = ~rank_drop & like_ls & (_hypot(xnorm_tmp, u) > s.maxxnorm)
+        too_long = ~rank_drop & like_ls & (_hypot(xnorm_tmp, u) * anorm_guess > s.maxxnorm * beta1)
         istop = jnp.where(too_long, Stop.XNORM_LIMIT, st.istop).astype(jnp.int32)
         u = jnp.where(rank_drop | too_long, 0, u)
         xl2norm = _hypot(st.xl2norm, ul2)
@@ -213,7 +222,7 @@ def _minres_qlp_loop(
             w = jax.tree_util.tree_map(
                 lambda d_, old: jnp.where(gama_tmp > eps * anorm_guess, d_ / gama_tmp, old), d, st.w
             )
-            fits = xnorm < s.maxxnorm
+            fits = xnorm * anorm_guess < s.maxxnorm * beta1
             x = _tree.tree_where(fits, _tree.tree_axpy(tau, w, st.x), st.x)
             return x, st.xl2, w, wl, wl2, jnp.where(fits, istop, Stop.XNORM_LIMIT).astype(jnp.int32)
 
@@ -272,6 +281,7 @@ def _minres_qlp_loop(
         gmin = jnp.where(first, kept_gama, jnp.minimum(jnp.minimum(gminl2, kept_gamal), kept_gama))
         gminl = jnp.where(first, kept_gama, st.gmin)
         acond = jnp.where(jnp.isinf(gmin), 1, jnp.where(gmin == 0, jnp.inf, _safe_div(anorm, gmin)))
+        dropmin = jnp.where(rank_drop, jnp.minimum(st.dropmin, abs_gama), st.dropmin)
         rnorml = st.rnorm
         relresl = st.relres
         rnorm = jnp.where(istop != Stop.SINGULAR, phi, st.rnorm)
@@ -302,7 +312,7 @@ def _minres_qlp_loop(
             u=u, ul=ul, ul2=ul2, ul3=ul3,
             gamal_qlp=gamal_tmp, vepln_qlp=vepln, gama_qlp=gama, ul_qlp=ul, u_qlp=u,
             xnorm=xnorm, xl2norm=xl2norm, anorm=anorm, acond=acond, gmin=gmin, gminl=gminl, dropped=rank_drop,
-            rnorm=rnorm, relres=relres, relresl=relresl, relaresl=relaresl, arnorml=arnorml,
+            dropmin=dropmin, rnorm=rnorm, relres=relres, relresl=relresl, relaresl=relaresl, arnorml=arnorml,
         )
         # Breakdown: NaN/Inf from the operator, or an indefinite preconditioner.
         # Stop and keep the last good iterate.
@@ -324,7 +334,17 @@ def _minres_qlp_loop(
         relres=state.relres,
         relares=jnp.where(state.k > 0, state.relaresl, 0).astype(dtype),
         anorm=state.anorm,
-        acond=state.acond,
+        # The reported condition includes the dropped pivots (the stopping
+        # tests and the MINRES -> QLP switch use the retained part only).
+        acond=jnp.where(
+            jnp.isinf(state.dropmin),
+            state.acond,
+            jnp.where(
+                state.dropmin > 0,
+                jnp.maximum(state.acond, _safe_div(state.anorm, state.dropmin)),
+                jnp.inf,
+            ),
+        ).astype(dtype),
         xnorm=state.xnorm,
     )
     return state.x, info
@@ -369,9 +389,14 @@ def minres_qlp(
         ``||A r|| <= rtol ||A|| ||r||`` (a least-squares solution). Default
         1e-10 in float64, 1e-5 in float32.
       atol: also stop when ``||r|| <= atol``.
-      maxiter: iteration limit (default ``4 n``).
-      maxxnorm: upper bound on ``||x||`` (default 1e7 in float64, 1e4 in float32,
-        as in the reference software; capped at 1/eps).
+      maxiter: iteration limit (default ``4 n``); 0 runs no iteration (istop 9,
+        x = x0).
+      maxxnorm: upper bound on the growth ratio ``||A|| ||x|| / ||b||`` (default
+        1e7 in float64, 1e4 in float32, the reference software's bounds on
+        ``||x||`` for ``||A|| = ||b|| = 1``). The ratio does not change when A or
+        b are rescaled, and a solution never exceeds cond(A), so the bound
+        binds only on an incompatible (near-)singular system whose iterates
+        grow; ``jnp.inf`` turns it off. Hitting it stops with istop 13.
       trancond: MINRES steps run while the condition estimate is below this,
         QLP steps afterwards: 1 gives QLP steps throughout, ``acondlim`` plain
         MINRES steps throughout. Default 1e7 (float64), 1e4 (float32).
@@ -391,12 +416,19 @@ def minres_qlp(
         ``relres``, ``relares`` and ``xnorm`` by true values (two extra
         operator applications; the norms are then of the unpreconditioned
         residual).
-      throw: raise (via ``equinox.error_if``, also under jit) when the solve
-        does not end with a success code 1-8.
+      throw: raise (via ``equinox.branched_error_if``, also under jit) when the
+        solve does not end with a success code 1-8; the error names the code
+        that occurred and its message.
 
     Returns:
       ``(x, info)``: the solution shaped like ``b`` and a
-      :class:`~kktopt.krylov.SolverInfo`. The solve is differentiable with
+      :class:`~kktopt.krylov.SolverInfo`. ``info.acond`` includes the pivots
+      dropped as numerically zero (1/eps-sized or inf on a singular system).
+      ``b`` is scaled by a power of two near ``max |b_i|`` before iterating,
+      so any finite ``b`` (1e160 or 1e-160 in float64) is solved without
+      over- or underflow. ``A = 0`` or ``b`` in the null space of ``A`` ends
+      with istop 7 and ``x = 0`` (the minimum-length least-squares solution,
+      relres 1, relares 0); ``n = 0`` returns an empty ``x`` with istop 3. The solve is differentiable with
       respect to ``b`` and to arrays the operator closes over through implicit
       rules (``lax.custom_linear_solve``); the gradient with respect to the
       operator is exact where ``A`` is nonsingular.

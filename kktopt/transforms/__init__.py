@@ -1,11 +1,14 @@
-"""Hard-constraint optax transforms (paper Sec. 4) and the soft baseline (Eq. 3)."""
+"""Hard-constraint optax transforms (paper Sec. 4), their aliases and the soft baseline (Eq. 3)."""
 
 from kktopt.transforms._adam import ScaleByAdamKKTState as ScaleByAdamKKTState
-from kktopt.transforms._adam import hard_adam as hard_adam
 from kktopt.transforms._adam import scale_by_adam_kkt as scale_by_adam_kkt
-from kktopt.transforms._common import KKTInfo as KKTInfo
+from kktopt.transforms._alias import hard_adam as hard_adam
+from kktopt.transforms._alias import hard_sgd as hard_sgd
 from kktopt.transforms._gauss_newton import GaussNewtonKKTState as GaussNewtonKKTState
 from kktopt.transforms._gauss_newton import gauss_newton_kkt as gauss_newton_kkt
+from kktopt.transforms._info import KKTInfo as KKTInfo
+from kktopt.transforms._info import get_kkt_info as get_kkt_info
+from kktopt.transforms._info import get_kkt_infos as get_kkt_infos
 from kktopt.transforms._project import ProjectKKTState as ProjectKKTState
 from kktopt.transforms._project import project_kkt as project_kkt
 from kktopt.transforms._soft import constraint_penalty as constraint_penalty
@@ -18,7 +21,10 @@ __all__ = [
     "ScaleByAdamKKTState",
     "constraint_penalty",
     "gauss_newton_kkt",
+    "get_kkt_info",
+    "get_kkt_infos",
     "hard_adam",
+    "hard_sgd",
     "project_kkt",
     "scale_by_adam_kkt",
     "soft_constrained_loss",

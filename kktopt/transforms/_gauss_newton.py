@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kktopt._tree import params_dtype
 from kktopt.active import Selector
+from kktopt.kkt import KKTSolver, gauss_newton_curvature_scale, gauss_newton_metric
 from kktopt.memory import MultiplierMemory
-from kktopt.kkt import KrylovKKT, gauss_newton_metric
-from kktopt.krylov import _tree
-from kktopt.transforms import _common
-from kktopt.transforms._common import KKTInfo
+from kktopt.transforms import _pipeline
+from kktopt.transforms._info import KKTInfo
 
 PyTree = Any
 
@@ -24,16 +24,16 @@ class GaussNewtonKKTState(NamedTuple):
     Attributes:
       count: number of updates so far (int32).
       info: :class:`KKTInfo` of the last step.
-      loss: ``1/2 ||r||^2`` at the parameters of the last step.
-      active: the selector's state.
+      active: the selector's state (with the pool indices it chose).
       memory: the multiplier memory's state (empty without one).
+      loss: ``1/2 ||r||^2`` at the parameters of the last step.
     """
 
     count: jax.Array
     info: KKTInfo
-    loss: jax.Array
     active: PyTree
-    memory: PyTree = ()
+    memory: PyTree
+    loss: jax.Array
 
 
 def _linearize_residuals(residual_fn, params, residual_batch):
@@ -62,12 +62,13 @@ def gauss_newton_kkt(
     constraint_fn: Callable[[PyTree, Any], jax.Array],
     *,
     damping: float | jax.Array,
-    solver: KrylovKKT | None = None,
+    solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
-    jacobian: str = "matrix_free",
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
+    jacobian: str | None = None,
+    alpha: float | jax.Array = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Constrained Gauss-Newton / Levenberg-Marquardt step (paper Eq. 6).
 
@@ -78,9 +79,10 @@ def gauss_newton_kkt(
         [ A               0   ] [ Lambda ] = [ -c     ]
 
     matrix-free with MINRES-QLP, every product through JVPs and VJPs of the
-    linearised residual and constraint maps (Algorithm 2). With no active
-    constraint the step is the Levenberg-Marquardt step
-    ``-(J^T J + eta I)^-1 J^T r`` (to the solver's tolerance).
+    linearised residual and constraint maps (Algorithm 2; the metric:
+    :func:`kktopt.kkt.gauss_newton_metric`). With no active constraint the
+    step is the Levenberg-Marquardt step ``-(J^T J + eta I)^-1 J^T r`` (to
+    the solver's tolerance).
 
     This is a complete optimiser: it forms ``J^T r`` itself from
     ``residual_fn`` and ignores the incoming updates.
@@ -90,84 +92,52 @@ def gauss_newton_kkt(
         ``(prediction - target) / sqrt(N)`` for a mean squared error).
       constraint_fn: ``(params, constraint_batch) -> Array``.
       damping: eta > 0.
-      solver: a :class:`kktopt.KrylovKKT` (the Schur-complement solver needs
-        ``(J^T J + eta I)^-1`` and is not available here).
-      active, inequality, jacobian, memory, check_constraints: as in :func:`project_kkt`.
+      solver: a :class:`kktopt.KKTSolver` with ``system="full"`` (default
+        ``KKTSolver(system="full")``, MINRES-QLP); the Schur complement would
+        need ``(J^T J + eta I)^-1``.
+      active, inequality, memory, check_constraints, jacobian, alpha: as in
+        :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
 
     Returns:
       A ``GradientTransformationExtraArgs``; call ``tx.update(grads, state,
       params, residual_batch=..., constraint_batch=...)``.
 
+    Example:
+      >>> import jax.numpy as jnp, kktopt
+      >>> residual_fn = lambda w, t: w - t                   # R = 1/2 ||w - t||^2
+      >>> cfn = lambda w, _: jnp.sum(w, keepdims=True)       # sum(w) = 0
+      >>> tx = kktopt.gauss_newton_kkt(residual_fn, cfn, damping=1e-6)
+      >>> w = jnp.zeros(2)
+      >>> u, _ = tx.update(None, tx.init(w), w, residual_batch=jnp.array([3.0, 1.0]), constraint_batch=None)
+      >>> [round(float(v), 3) for v in w + u]
+      [1.0, -1.0]
+
     References:
       Marquez-Neila, Salzmann and Fua (2017), Eq. 6 and Algorithm 2.
     """
-    solver = _common.check_solver(solver)
-    if not isinstance(solver, KrylovKKT):
-        raise TypeError(
-            "gauss_newton_kkt needs solver=kktopt.KrylovKKT(...): the Schur complement "
-            "would need (J^T J + eta I)^-1."
-        )
+    options = _pipeline.hard_options(
+        "gauss_newton_kkt", solver=solver, active=active, inequality=inequality, memory=memory,
+        check_constraints=check_constraints, jacobian=jacobian, default=KKTSolver(system="full"),
+        systems=("full",), why="the Schur complement would need (J^T J + eta I)^-1", alpha=alpha,
+    )
     if isinstance(damping, (int, float)) and damping <= 0:
         raise ValueError(f"damping must be > 0, got {damping}.")
-    selector = _common.check_selector(active)
-    _common.check_jacobian(jacobian)
-    _common.check_memory(memory)
 
-    def init_fn(params):
-        dtype = _common.params_dtype(params)
-        return GaussNewtonKKTState(
-            count=jnp.zeros((), jnp.int32),
-            info=KKTInfo.empty(dtype),
-            loss=jnp.zeros((), dtype),
-            active=selector.init(params),
-            memory=_common.init_memory(memory, constraint_fn, params),
-        )
-
-    def update_fn(
-        updates,
-        state,
-        params=None,
-        *,
-        residual_batch=_common.MISSING,
-        constraint_batch=_common.MISSING,
-        **extra_args,
-    ):
-        del extra_args
-        _common.require(params, constraint_batch, "gauss_newton_kkt", extra=", residual_batch=...")
-        if residual_batch is _common.MISSING:
+    def problem(updates, state, params, extra_args):
+        del updates  # a complete optimiser: J^T r comes from residual_fn
+        residual_batch = extra_args.get("residual_batch", _pipeline.MISSING)
+        if residual_batch is _pipeline.MISSING:
             raise ValueError(
                 "gauss_newton_kkt needs the data of its residuals: call tx.update(grads, state, "
                 "params, residual_batch=(x, y), constraint_batch=...)."
             )
         r, jvp, vjp = _linearize_residuals(residual_fn, params, residual_batch)
         h = vjp(r)
-        # Rayleigh quotient of J^T J along the gradient: the preconditioner's scale.
-        hnorm = _tree.tree_norm(h)
-        jh = jvp(_tree.tree_scale(1 / jnp.where(hnorm > 0, hnorm, 1), h))
-        metric = gauss_newton_metric(jvp, vjp, jnp.asarray(damping, r.dtype), jnp.sum(jh * jh))
-        dw, _, info, active_state, memory_state = _common.constrained_step(
-            constraint_fn=constraint_fn,
-            params=params,
-            constraint_batch=constraint_batch,
-            selector=selector,
-            selector_state=state.active,
-            inequality=inequality,
-            solver=solver,
-            metric=metric,
-            gradient=h,
-            check_constraints=check_constraints,
-            jacobian=jacobian,
-            memory=memory,
-            memory_state=state.memory,
-        )
-        new_state = GaussNewtonKKTState(
-            count=optax.safe_increment(state.count),
-            info=info,
-            loss=0.5 * jnp.sum(r * r),
-            active=active_state,
-            memory=memory_state,
-        )
-        del updates  # a complete optimiser: J^T r comes from residual_fn
-        return dw, new_state
+        metric = gauss_newton_metric(jvp, vjp, jnp.asarray(damping, r.dtype), gauss_newton_curvature_scale(jvp, h))
+        return _pipeline.Problem(metric=metric, gradient=h, extras={"loss": 0.5 * jnp.sum(r * r)})
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _pipeline.hard_transform(
+        "gauss_newton_kkt", constraint_fn, options, state_type=GaussNewtonKKTState, problem=problem,
+        init_extras=lambda params: {"loss": jnp.zeros((), params_dtype(params))},
+        usage=", residual_batch=...",
+    )

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from kktopt import _tree
 from kktopt.active import Selector
+from kktopt.kkt import KKTSolver, euclidean_metric
 from kktopt.memory import MultiplierMemory
-from kktopt.kkt import KrylovKKT, SchurKKT, euclidean_metric
-from kktopt.transforms import _common
-from kktopt.transforms._common import KKTInfo
+from kktopt.transforms import _pipeline
+from kktopt.transforms._info import KKTInfo
 
 PyTree = Any
 
@@ -23,7 +23,7 @@ class ProjectKKTState(NamedTuple):
     Attributes:
       count: number of updates so far (int32).
       info: :class:`KKTInfo` of the last step.
-      active: the selector's state.
+      active: the selector's state (with the pool indices it chose).
       memory: the multiplier memory's state (empty without one).
     """
 
@@ -36,12 +36,13 @@ class ProjectKKTState(NamedTuple):
 def project_kkt(
     constraint_fn: Callable[[PyTree, Any], jax.Array],
     *,
-    solver: KrylovKKT | SchurKKT | None = None,
+    solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
-    jacobian: str = "matrix_free",
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
+    jacobian: str | None = None,
+    alpha: float | jax.Array = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Project the incoming step onto the linearised constraints (paper Eq. 5).
 
@@ -49,7 +50,7 @@ def project_kkt(
     returns the step ``dw`` closest to ``u`` (Euclidean norm) with
     ``A dw = -c``, where ``c = C(w)`` and ``A = dC/dw`` at the current
     parameters. After ``optax.sgd(lr)`` this is exactly Eq. 5 with
-    ``eta = 1 / lr``:
+    ``eta = 1 / lr`` (see :func:`kktopt.hard_sgd`):
 
         [ eta I   A^T ] [ dw     ]   [ -g ]
         [ A       0   ] [ Lambda ] = [ -c ].
@@ -62,27 +63,28 @@ def project_kkt(
       constraint_fn: ``(params, constraint_batch) -> Array`` of constraint
         values (every entry one constraint ``C_jk``; equality means 0). With
         a selector, its output must have the sample axis first.
-      solver: default ``kktopt.SchurKKT(method="minres_qlp")``: MINRES-QLP
-        on the m x m Schur complement, matrix-free (the fastest in
-        ``benchmarks/step_cost.py``); ``kktopt.KrylovKKT()``: MINRES-QLP on
-        the full KKT system (the paper's Algorithm 1); ``kktopt.SchurKKT()``:
-        dense Schur complement.
-      active: which samples of ``constraint_batch`` are active at a step:
-        ``kktopt.active.random_samples(k)``, ``kktopt.active.mined_samples(k)``
-        (Eq. 9); default all of them.
+      solver: a :class:`kktopt.KKTSolver`; default ``KKTSolver()``:
+        MINRES-QLP on the m x m Schur complement, matrix-free (the fastest in
+        ``benchmarks/step_cost.py``). ``KKTSolver(system="full")`` is the
+        paper's Algorithm 1; ``KKTSolver(method="dense",
+        jacobian="per_sample")`` the exact dense Schur solve, cheap when m
+        is small and the constraints are separable over samples.
+      active: which samples of the pool ``constraint_batch`` are active at a
+        step: ``kktopt.active.random_samples(k)``,
+        ``kktopt.active.mined_samples(k)`` (Eq. 9),
+        ``kktopt.active.working_set(...)``; default all of them.
       inequality: treat the constraints as ``C <= 0``; satisfied ones are
         inactive.
-      jacobian: ``"matrix_free"`` (default; JVP/VJP of one linearisation) or
-        ``"per_sample"``: form the dense Jacobian by per-sample reverse mode,
-        for constraints separable over the batch's leading sample axis (each
-        sample's constraints depend only on that sample, e.g. any function
-        of the network's per-example output). Much cheaper with
-        ``solver=kktopt.SchurKKT()`` when m is small; memory m x N_p.
-      memory: ``kktopt.memory.multiplier_memory(...)``: remembered samples
-        whose stored multipliers keep pulling the step after they leave the
-        active set (see :mod:`kktopt.memory`).
+      memory: ``kktopt.memory.multiplier_memory(...)``: remembered pool
+        samples whose stored multipliers keep pulling the step after they
+        leave the active set (see :mod:`kktopt.memory`).
       check_constraints: record ``||A dw + c|| / ||c||`` in the state (one
         extra JVP per step).
+      jacobian: deprecated, use ``solver=kktopt.KKTSolver(jacobian=...)``.
+      alpha: the feedback gain: the step meets ``A dw = -alpha c``, removing
+        the share ``alpha`` in (0, 1] of the linearised violation (1, the
+        default, is Eq. 5's full correction). A float or a JAX scalar, so it
+        can be swept with ``optax.inject_hyperparams`` and ``jax.vmap``.
 
     Returns:
       A ``GradientTransformationExtraArgs``. Its ``update`` needs ``params``
@@ -100,44 +102,20 @@ def project_kkt(
       [0.2667, 0.3667, 0.3667]
 
     References:
-      Marquez-Neila, Salzmann and Fua (2017), Eq. 5 and Algorithm 1.
+      Marquez-Neila, Salzmann and Fua (2017), Eq. 5 and Algorithm 1. The gain
+      ``alpha``: Lu et al. (2026), AdamFLIP (arXiv 2605.08408), residuals that
+      contract at a set rate; Roy, Kraemer and Hauberg (2025), null-space
+      optimisers (arXiv 2510.19634), a damped pull ``gamma c``.
     """
-    solver = _common.check_solver(solver, _common.default_solver)
-    selector = _common.check_selector(active)
-    _common.check_jacobian(jacobian)
-    _common.check_memory(memory)
+    options = _pipeline.hard_options(
+        "project_kkt", solver=solver, active=active, inequality=inequality, memory=memory,
+        check_constraints=check_constraints, jacobian=jacobian, alpha=alpha,
+    )
     metric = euclidean_metric()
 
-    def init_fn(params):
-        return ProjectKKTState(
-            count=jnp.zeros((), jnp.int32),
-            info=KKTInfo.empty(_common.params_dtype(params)),
-            active=selector.init(params),
-            memory=_common.init_memory(memory, constraint_fn, params),
-        )
+    def problem(updates, state, params, extra_args):
+        return _pipeline.Problem(metric=metric, step=_tree.cast_like(updates, params))
 
-    def update_fn(updates, state, params=None, *, constraint_batch=_common.MISSING, **extra_args):
-        del extra_args
-        _common.require(params, constraint_batch, "project_kkt")
-        step = _common.cast_like(updates, params)
-        dw, _, info, active_state, memory_state = _common.constrained_step(
-            constraint_fn=constraint_fn,
-            params=params,
-            constraint_batch=constraint_batch,
-            selector=selector,
-            selector_state=state.active,
-            inequality=inequality,
-            solver=solver,
-            metric=metric,
-            step=step,
-            check_constraints=check_constraints,
-            jacobian=jacobian,
-            memory=memory,
-            memory_state=state.memory,
-        )
-        new_state = ProjectKKTState(
-            count=optax.safe_increment(state.count), info=info, active=active_state, memory=memory_state
-        )
-        return _common.cast_like(dw, updates), new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _pipeline.hard_transform(
+        "project_kkt", constraint_fn, options, state_type=ProjectKKTState, problem=problem
+    )

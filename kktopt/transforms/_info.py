@@ -1,0 +1,91 @@
+"""Diagnostics of a hard step (:class:`KKTInfo`) and how to find them in an optax state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kktopt.kkt import KKTSolution, Linearization
+from kktopt.krylov import SolverInfo
+
+PyTree = Any
+
+
+class KKTInfo(NamedTuple):
+    """Diagnostics of the last hard step, kept in the optax state for logging.
+
+    Attributes:
+      solver: the inner solve's :class:`~kktopt.krylov.SolverInfo` (stop
+        code, iterations, residuals, condition estimate).
+      num_active: number of active constraint values.
+      violation_norm: ``||c||`` over the active constraints, before the step.
+      violation_max: ``max |c|`` over the active constraints, before the step.
+      linearized_residual: ``||A dw + c|| / ||c||`` after the solve, how well
+        the step meets the linearised constraints (0 when none is active;
+        -1 when the transform was built with ``check_constraints=False``).
+    """
+
+    solver: SolverInfo
+    num_active: jax.Array
+    violation_norm: jax.Array
+    violation_max: jax.Array
+    linearized_residual: jax.Array
+
+    @classmethod
+    def empty(cls, dtype) -> "KKTInfo":
+        f = jnp.zeros((), dtype)
+        return cls(SolverInfo.empty(dtype), jnp.zeros((), jnp.int32), f, f, f)
+
+    @classmethod
+    def of(cls, lin: Linearization, sol: KKTSolution, check_constraints: bool) -> "KKTInfo":
+        """The diagnostics of the solve ``sol`` of the linearisation ``lin``."""
+        c = lin.c
+        cnorm = jnp.linalg.norm(c)
+        if check_constraints:
+            res = jnp.linalg.norm(lin.jvp(sol.step) + c)
+            lin_res = jnp.where(cnorm > 0, res / jnp.where(cnorm > 0, cnorm, 1), 0)
+        else:
+            lin_res = jnp.full((), -1, c.dtype)
+        return cls(
+            solver=sol.info,
+            num_active=lin.num_active,
+            violation_norm=cnorm,
+            violation_max=jnp.max(jnp.abs(c), initial=0),
+            linearized_residual=lin_res.astype(c.dtype),
+        )
+
+
+def _infos(opt_state: PyTree) -> list[KKTInfo]:
+    def is_info(x):
+        return isinstance(x, KKTInfo)
+
+    return [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_info) if is_info(x)]
+
+
+def get_kkt_info(opt_state: PyTree) -> KKTInfo | None:
+    """The :class:`KKTInfo` of the first hard transform in an optax state, or None.
+
+    Looks through any nesting (``optax.chain``, ``optax.inject_hyperparams``,
+    ``optax.masked``, ...), in the order of the state's leaves. Under
+    ``jax.vmap`` the fields carry the batch axes.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, kktopt
+      >>> cfn = lambda w, _: jnp.sum(w, keepdims=True) - 1.0
+      >>> tx = optax.inject_hyperparams(kktopt.hard_sgd, static_args="constraint_fn")(
+      ...     learning_rate=0.1, constraint_fn=cfn)
+      >>> w = jnp.zeros(3)
+      >>> u, state = tx.update(jnp.ones(3), tx.init(w), w, constraint_batch=None)
+      >>> info = kktopt.get_kkt_info(state)
+      >>> int(info.num_active), float(info.violation_norm)
+      (1, 1.0)
+    """
+    found = _infos(opt_state)
+    return found[0] if found else None
+
+
+def get_kkt_infos(opt_state: PyTree) -> tuple[KKTInfo, ...]:
+    """Every :class:`KKTInfo` in an optax state, in the order of its leaves (see :func:`get_kkt_info`)."""
+    return tuple(_infos(opt_state))
