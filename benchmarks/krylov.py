@@ -290,7 +290,7 @@ def jax_solver(p: Problem, name: str, call: Callable, spd_only=False, extra_matv
                 return p.jax_matvec(params, v)
 
             x, info = call(matvec, b, rtol)
-            iters = info.iterations if isinstance(info, krylov.SolverInfo) else jnp.zeros((), jnp.int32) - 1
+            iters = info.iterations if hasattr(info, "iterations") else jnp.zeros((), jnp.int32) - 1
             return x, iters
 
         return jax.jit(solve)
@@ -315,6 +315,26 @@ def jax_solver(p: Problem, name: str, call: Callable, spd_only=False, extra_matv
     return Solver(name, probe, timed, spd_only)
 
 
+# An earlier kktopt (``--before REV``), timed in the same rounds as the current one.
+BEFORE: tuple[str, Any] | None = None
+
+
+def before_solvers(p: Problem, maxit: int) -> list[Solver]:
+    if BEFORE is None:
+        return []
+    rev, old = BEFORE
+    return [
+        jax_solver(
+            p, f"kktopt minres_qlp @{rev}",
+            lambda A, b, r: old.krylov.minres_qlp(A, b, rtol=r, maxiter=maxit), extra_matvecs=4,
+        ),
+        jax_solver(
+            p, f"kktopt minres @{rev}",
+            lambda A, b, r: old.krylov.minres(A, b, rtol=r, maxiter=maxit), extra_matvecs=4,
+        ),
+    ]
+
+
 def all_solvers(p: Problem) -> list[Solver]:
     maxit = 10 * p.n
     restart = 20
@@ -336,6 +356,7 @@ def all_solvers(p: Problem) -> list[Solver]:
             p, "kktopt cg", lambda A, b, r: krylov.cg(A, b, rtol=r, maxiter=maxit),
             spd_only=True, extra_matvecs=4,
         ),
+        *before_solvers(p, maxit),
         jax_solver(p, "jax cg", lambda A, b, r: jsp_linalg.cg(A, b, tol=r, maxiter=maxit), spd_only=True),
         jax_solver(
             p, f"jax gmres({restart})",
@@ -589,9 +610,19 @@ def main(argv=None) -> int:
         "--blas-threads", default="1",
         help="threads for numpy/scipy's BLAS (default 1; 0 = leave OPENBLAS_NUM_THREADS etc. as they are)",
     )
+    parser.add_argument(
+        "--before", metavar="REV",
+        help="also time kktopt as it was at git revision REV (its minres_qlp and minres rows, "
+        "'@REV' in their names) in the same interleaved rounds: a before/after comparison in one run",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("-v", "--verbose", action="store_true", help="print progress to stderr")
     args = parser.parse_args(argv)
+    if args.before:
+        global BEFORE
+        from _before import load_kktopt
+
+        BEFORE = (args.before, load_kktopt(args.before))
 
     q = args.quick
     problems = args.problems or ("a,b,c" if q else "a,b,b32,c")

@@ -76,9 +76,29 @@ def violation_score(values: jax.Array) -> jax.Array:
 
 def _check_k(k: int, b: int, who: str) -> None:
     if b == 0:
-        raise ValueError(f"{who} needs at least one sample; the constraint batch has none.")
+        raise ValueError(
+            f"{who}: the constraint batch is empty (0 samples; k >= 1 are needed and it has none "
+            "to choose from): pass a non-empty pool (sample axis first) as constraint_batch, or skip the "
+            "hard step for this batch."
+        )
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= b:
         raise ValueError(f"{who}: k must be an integer in [1, {b}] (the number of samples), got {k!r}.")
+
+
+def _check_pool(who: str, k: int, b: int) -> None:
+    """A selector of k samples needs a pool of at least k: the same clear error for every selector."""
+    if b == 0:
+        raise ValueError(
+            f"{who}(k={k}) got an empty constraint batch (0 samples): pass the unlabeled pool "
+            f"(sample axis first, at least {k} samples) as constraint_batch, or skip the hard "
+            "step for this batch."
+        )
+    if k > b:
+        raise ValueError(
+            f"{who}(k={k}) needs at least {k} samples, the batch has {b}: lower k to "
+            f"at most {b}, pass a larger pool, or use active=kktopt.active.all_samples() to "
+            "project on every sample of the batch."
+        )
 
 
 def mine_active_constraints(values: jax.Array, k: int) -> jax.Array:
@@ -190,8 +210,7 @@ class RandomSamples(Selector):
 
     def select(self, constraint_fn, params, batch, state):
         b = batch_size(batch)
-        if self.k > b:
-            raise ValueError(f"RandomSamples(k={self.k}) needs at least {self.k} samples, the batch has {b}.")
+        _check_pool("RandomSamples", self.k, b)
         key, sub = jax.random.split(state.key)
         indices = jax.random.permutation(sub, b)[: self.k].astype(jnp.int32)
         return take_samples(batch, indices), RandomSamplesState(key=key, indices=indices)
@@ -232,8 +251,7 @@ class MinedSamples(Selector):
 
     def select(self, constraint_fn, params, batch, state):
         b = batch_size(batch)
-        if self.k > b:
-            raise ValueError(f"MinedSamples(k={self.k}) needs at least {self.k} samples, the batch has {b}.")
+        _check_pool("MinedSamples", self.k, b)
         values = constraint_fn(params, batch)
         if jnp.ndim(values) == 0 or jnp.shape(values)[0] != b:
             raise ValueError(

@@ -10,6 +10,8 @@
 * `harness.progress`: the tqdm progress bar of long runs.
 * `harness.solvers`: the KKT solver named by ``system``, ``method`` and
   ``jacobian``, spelled as kktopt spells them.
+* `harness.solves`: what each hard step achieved (linearised residual,
+  iterations, stop code) and its distribution over many steps.
 
 Only public kktopt names are used here, as a user's training script would.
 The experiments import this package as ``harness`` with ``examples/`` on
@@ -29,6 +31,9 @@ from harness.solvers import METHODS as METHODS
 from harness.solvers import SYSTEMS as SYSTEMS
 from harness.solvers import SolverChoice as SolverChoice
 from harness.solvers import solver_choice as solver_choice
+from harness.solves import SOLVE_KEYS as SOLVE_KEYS
+from harness.solves import solve_record as solve_record
+from harness.solves import summarise_solves as summarise_solves
 from harness.steps import compile_step as compile_step
 from harness.steps import host_scalars as host_scalars
 from harness.steps import kkt_info as kkt_info
@@ -36,6 +41,7 @@ from harness.steps import kkt_info as kkt_info
 __all__ = [
     "JACOBIANS",
     "METHODS",
+    "SOLVE_KEYS",
     "SYSTEMS",
     "SolverChoice",
     "compile_step",
@@ -46,7 +52,9 @@ __all__ = [
     "progress",
     "read_json",
     "save_tree",
+    "solve_record",
     "solver_choice",
+    "summarise_solves",
     "to_json",
     "write_json",
 ]

@@ -6,8 +6,8 @@ full KKT system, or the m x m Schur complement ``A D^-1 A^T``), the
 and how the constraint Jacobian is applied (``matrix_free``: JVP/VJP of one
 linearisation; ``per_sample``: a dense Jacobian by per-sample reverse mode).
 The experiments' command lines and configuration files use exactly these
-spellings; `SolverChoice.build` turns them into the objects the transforms
-take.
+spellings; `SolverChoice.build` turns them into the `kktopt.KKTSolver` the
+transforms take.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ metrics only)."""
 
 METHODS: dict[str, tuple[str, ...]] = {
     "full": ("minres_qlp", "minres"),
-    "schur": ("dense", "minres_qlp", "cg"),
+    "schur": ("dense", "minres_qlp", "minres", "cg"),
 }
 """The methods available for each system."""
 
@@ -60,14 +60,11 @@ class SolverChoice(NamedTuple):
     maxiter: int | None = None
     rcond: float | None = None
 
-    def build(self) -> tuple[Any, str]:
-        """``(solver, jacobian)``: the ``solver=`` and ``jacobian=`` of the hard transforms."""
-        if self.system == "full":
-            solver = kktopt.KrylovKKT(method=self.method, rtol=self.rtol, maxiter=self.maxiter)
-        else:
-            solver = kktopt.SchurKKT(self.method, rtol=self.rtol, maxiter=self.maxiter,
-                                     rcond=self.rcond)
-        return solver, self.jacobian
+    def build(self) -> kktopt.KKTSolver:
+        """The ``solver=`` of the hard transforms: one `kktopt.KKTSolver` with all three names."""
+        kwargs = {"rcond": self.rcond} if self.method == "dense" else {}
+        return kktopt.KKTSolver(system=self.system, method=self.method, jacobian=self.jacobian,
+                                rtol=self.rtol, maxiter=self.maxiter, **kwargs)
 
     def label(self) -> str:
         """``schur/dense/per_sample``: the three names, for tables and file names."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import harness
 from hypersphere.config import METHODS, HypersphereConfig
-from hypersphere.report import plot_fig4
+from hypersphere.report import format_table, plot_fig4
 from hypersphere.run import run
 
 _ALL_METHODS = sorted({m for ms in harness.METHODS.values() for m in ms})
@@ -100,15 +100,8 @@ def main(argv=None) -> None:
     wall = time.perf_counter() - t0
     if extra and not a.no_figures:
         plot_fig4(result, Path(a.out) / "fig4.png", extra=extra)
-    print(f"soft lr {config.resolved_soft_lr:.3e}, hard lr {config.hard_lr:.3e}, "
-          f"KKT solver {config.solver_choice().label()}")
-    for name, m in result["methods"].items():
-        change = m["active_change"]
-        nonpos = sum(c is not None and c <= 0 for c in change) / max(len(change), 1)
-        final = m["median_abs_c"][-1]
-        final = "diverged" if final is None else f"{final:.3e}"
-        print(f"{name:>11}: final median|C| {final}, "
-              f"non-positive active change {nonpos:.1%}, {m['seconds_per_iter']:.3f} s/iter")
+    print(f"soft lr {config.resolved_soft_lr:.3e}, hard lr {config.hard_lr:.3e}")
+    print(format_table(result, markdown=False))
     print(f"wall time {wall:.1f} s; results in {a.out}")
 
 

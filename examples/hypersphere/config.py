@@ -7,10 +7,21 @@ from typing import Any, Literal
 
 from harness.solvers import SolverChoice, legacy_system, solver_choice
 
-__all__ = ["METHODS", "HypersphereConfig"]
+__all__ = ["AUTO_SOLVERS", "METHODS", "HypersphereConfig"]
 
 METHODS: tuple[str, ...] = ("soft", "hard", "hard-fixed", "hard-all", "hard-memory")
 """The five methods, in the order they are run and plotted."""
+
+AUTO_SOLVERS: dict[tuple[str, str], tuple[str, str]] = {}
+"""Per-method solver choices (``(system, method) -> (solver method, jacobian)``)
+used when the configuration names no solver method or Jacobian; the others
+take their system's default (``dense``/``per_sample`` for ``schur``).
+Empty: ``benchmarks/hypersphere_steps.py`` measured the dense Schur solve
+fastest or as fast for every method at the defaults. For ``hard-all`` (all
+200 nearly parallel rows) it costs m^2 d = 4e10 flops per step, 22x a soft
+step; matrix-free MINRES-QLP costs 2 passes over the centres per iteration,
+19x soft at 13 iterations but 33x once the constraints are met to rounding
+and it needs about 30 (see RESULTS.md, "Hypersphere timing")."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +60,12 @@ class HypersphereConfig:
         per step) or ``"full"`` (``method="minres_qlp"`` on the full KKT
         system, ``jacobian="matrix_free"``: the paper's choice). Both solve
         the same Eq. 5; see the README for the costs.
-      method: the solver method (None: the system's default above); one of
-        ``harness.METHODS[system]``.
-      jacobian: ``"matrix_free"`` or ``"per_sample"`` (None: the system's
-        default above).
+      method: the solver method, for every hard method; one of
+        ``harness.METHODS[system]``. None (and ``jacobian`` None): each hard
+        method takes its choice in `AUTO_SOLVERS`, else the system's default
+        above.
+      jacobian: ``"matrix_free"`` or ``"per_sample"`` (None: as for
+        ``method``).
       rtol: the iterative methods' relative tolerance (not used by
         ``"dense"``); None: the library's default for the dtype (1e-4 in
         float32, 1e-8 in float64).
@@ -116,11 +129,24 @@ class HypersphereConfig:
         if self.rtol is not None and not 0 <= self.rtol < 1:
             raise ValueError(f"rtol must be in [0, 1), got {self.rtol!r}.")
 
-    def solver_choice(self) -> SolverChoice:
-        """The KKT solver of the hard methods (`harness.SolverChoice`)."""
-        choice = solver_choice(self.system, self.method, self.jacobian, rtol=self.rtol)
+    def solver_choice(self, method: str | None = None) -> SolverChoice:
+        """The KKT solver of the hard methods (`harness.SolverChoice`), or of one of them.
+
+        With ``method`` (one of `METHODS`) and neither ``self.method`` nor
+        ``self.jacobian`` given, the choice measured fastest for it on the
+        chosen system (see `AUTO_SOLVERS`); otherwise the system's defaults
+        with the given method and Jacobian, for every hard method.
+        """
+        meth, jac = self.method, self.jacobian
+        if method is not None and meth is None and jac is None:
+            meth, jac = AUTO_SOLVERS.get((self.system, method), (None, None))
+        choice = solver_choice(self.system, meth, jac, rtol=self.rtol)
         # rtol is the iterative methods' (the dense solve is exact).
         return choice._replace(rtol=None) if choice.method == "dense" else choice
+
+    def solvers(self) -> dict[str, str]:
+        """``{hard method: "system/method/jacobian"}``: the solver each hard method uses."""
+        return {m: self.solver_choice(m).label() for m in METHODS if m != "soft"}
 
     def default_soft_lr(self) -> float:
         """``1 / (1 + 2 lam m)``: half of SGD's stability bound on Eq. 17.
@@ -151,6 +177,7 @@ class HypersphereConfig:
         del out["solver"]  # always None after __post_init__
         choice = self.solver_choice()  # None: the system's default, resolved
         out["method"], out["jacobian"] = choice.method, choice.jacobian
+        out["solvers"] = self.solvers()  # what each hard method uses
         out["soft_lr"] = self.resolved_soft_lr
         out["coordinate_variance"] = self.coordinate_variance
         return out

@@ -13,7 +13,7 @@ import optax
 import kktopt
 from kktopt.active import take_samples
 
-from hypersphere.problem import Centres, draw_indices, objective, sphere_constraints
+from hypersphere.problem import Centres, objective, sphere_constraints
 
 __all__ = ["Illustration2D", "illustration_2d"]
 
@@ -90,31 +90,27 @@ def illustration_2d(
         c, jvp = jax.linearize(lambda v: cfn(v, pair), x0)
         normals = jnp.stack([jvp(jnp.array([1.0, 0.0])), jvp(jnp.array([0.0, 1.0]))], axis=1)
 
-        # One compiled step serves both paths: the active pair is passed as the
-        # constraint batch (all of it active); the changing pair is drawn by
+        # The fixed pair is the whole constraint batch (all of it active); the
+        # changing pair is drawn from all circles by
         # kktopt.active.random_samples(2), as in the d = 1e6 experiment.
-        tx = optax.chain(optax.sgd(lr), kktopt.project_kkt(cfn, solver=kktopt.SchurKKT()))
+        solver = kktopt.KKTSolver(method="dense")
 
-        @jax.jit
-        def step(w, state, pair):
-            u, state = tx.update(jax.grad(objective)(w, x0), state, w, constraint_batch=pair)
-            return w + u, state
+        def path(active, batch):
+            tx = optax.chain(optax.sgd(lr), kktopt.project_kkt(cfn, active=active, solver=solver))
 
-        def path(draw):
-            ws, state, key = [x0], tx.init(x0), selector.init(x0)
+            @jax.jit
+            def step(w, state):
+                u, state = tx.update(jax.grad(objective)(w, x0), state, w, constraint_batch=batch)
+                return w + u, state
+
+            ws, state = [x0], tx.init(x0)
             for _ in range(steps):
-                if draw:
-                    idx, key = draw_indices(selector, circles, key)
-                    pair_t = take_samples(centres, idx)
-                else:
-                    pair_t = pair
-                w, state = step(ws[-1], state, pair_t)
+                w, state = step(ws[-1], state)
                 ws.append(w)
             return np.asarray(jnp.stack(ws))
 
-        selector = kktopt.active.random_samples(2, seed=seed)
-        fixed = path(draw=False)
-        changing = path(draw=True)
+        fixed = path(kktopt.active.all_samples(), pair)
+        changing = path(kktopt.active.random_samples(2, seed=seed), centres)
         violations = jax.vmap(lambda v: jnp.abs(cfn(v, centres)))
         return Illustration2D(
             centres=np.asarray(pts),

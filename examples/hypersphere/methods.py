@@ -1,11 +1,30 @@
-"""The five methods of the hypersphere experiment: one compiled step each.
+"""The five methods of the hypersphere experiment: one training step each, and the compiled loop.
 
 Every method is an optax chain of public kktopt transforms, as a user would
 write it: ``soft`` is ``optax.sgd`` on ``kktopt.soft_constrained_loss``; the
 hard ones are ``optax.chain(optax.sgd(hard_lr), kktopt.project_kkt(...))``
 (Eq. 5) with random, fixed or all active constraints, and ``hard-memory``
-adds ``kktopt.memory.multiplier_memory``. Each step also returns the
-per-step metrics that ``metrics.json`` records.
+adds ``kktopt.memory.multiplier_memory``.
+
+Cost. At the defaults the centres are 1.6 GB (d = 1e6, m = 200, float64) and
+every pass over them is memory-bound, so a step is as fast as the passes
+over the centres it makes. The step functions make as few as the methods
+need:
+
+* each step records the values of all m constraints at the current point
+  (for the median |C| of Fig. 4) with the same product ``centres @ w`` that
+  the step itself computes where it evaluates the constraints on the whole
+  pool (``soft``'s gradient, ``hard-memory``'s remembered forces,
+  ``hard-all``'s linearisation): XLA merges the identical products, so the
+  record is free there (one pass for ``hard`` and ``hard-fixed``, whose
+  steps touch only their 20 centres);
+* the metrics of a step that need the values after it (the change of the
+  active constraints) are computed on the host from these records
+  (`hypersphere.run`), not by another evaluation;
+* the whole run is one compiled ``lax.scan`` per chunk of steps
+  (`chunk_fn`): no host round-trip and no Python per step, and XLA
+  allocates the step's temporaries (a 200 x 1e6 Jacobian for dense solves
+  of ``hard-all``) once per chunk instead of once per step.
 """
 
 from __future__ import annotations
@@ -18,26 +37,16 @@ import jax.numpy as jnp
 import optax
 
 import kktopt
-from harness import kkt_info
+from harness import kkt_info, solve_record
 
 from hypersphere.config import HypersphereConfig
-from hypersphere.problem import centres_spec, draw_indices, objective, selector, sphere_constraints
+from hypersphere.problem import centres_spec, objective, random_draw, selector, sphere_constraints
 
-__all__ = ["hard_fns", "median_abs", "soft_fns", "step_key", "step_metrics"]
+__all__ = ["chunk_fn", "hard_fns", "median_abs", "soft_fns", "step_key", "values_fn"]
 
 
 def median_abs(x):
     return jnp.median(jnp.abs(x))
-
-
-def step_metrics(c, c_new, idx, u) -> dict[str, jax.Array]:
-    """Per-step metrics from the constraint values before (c) and after (c_new) a step u."""
-    return {
-        "median_abs_c": median_abs(c_new),
-        "active_change": median_abs(c_new[idx]) - median_abs(c[idx]),
-        "active_max_abs_c": jnp.max(jnp.abs(c_new[idx])),
-        "step_norm": jnp.linalg.norm(u),
-    }
 
 
 # The step functions depend on the settings, not on iters or the data: cache
@@ -46,87 +55,118 @@ def step_key(config: HypersphereConfig) -> HypersphereConfig:
     return dataclasses.replace(config, iters=1)
 
 
+def _record(values, indices, u) -> dict[str, jax.Array]:
+    """What a step returns: the m constraint values before it, its active indices, ||dw||."""
+    return {"values": values, "indices": indices.astype(jnp.int32), "step_norm": jnp.linalg.norm(u)}
+
+
 @functools.lru_cache(maxsize=16)
 def soft_fns(config: HypersphereConfig):
+    """``(init, step)`` of ``soft``: ``step(carry, x0, centres, fixed_batch, fixed) -> (carry, record)``.
+
+    The record's ``indices`` are the random draw ``hard`` makes at the same
+    step (the same selector and seed), so that panel (b) of Fig. 4 compares
+    the same constraints.
+    """
     constraint_fn = functools.partial(sphere_constraints, radius=config.radius)
     loss = kktopt.soft_constrained_loss(objective, constraint_fn, config.lam)
     tx = optax.sgd(config.resolved_soft_lr)
     sel = selector(config)
     m = config.constraints
 
-    def evaluate(w, x0, centres):
-        # The constraint values at w come from the same forward pass as the
-        # gradient (XLA merges the identical products).
-        return constraint_fn(w, centres), jax.grad(loss)(w, x0, centres)
-
     @jax.jit
     def init(w, x0, centres):
-        c, g = evaluate(w, x0, centres)
-        return (w, tx.init(w), c, g, sel.init(w))
+        return (w, tx.init(w), sel.init(w))
 
-    @jax.jit
-    def step(carry, x0, centres):
-        w, opt_state, c, g, key = carry
-        idx, key = draw_indices(sel, m, key)
+    def step(carry, x0, centres, fixed_batch=None, fixed=None):
+        w, opt_state, sel_state = carry
+        # The constraint values come from the gradient's forward pass (XLA
+        # merges the identical products with the centres).
+        c = constraint_fn(w, centres)
+        g = jax.grad(loss)(w, x0, centres)
+        idx, sel_state = random_draw(sel, m, sel_state)
         u, opt_state = tx.update(g, opt_state, w)
         w = optax.apply_updates(w, u)
-        c_new, g = evaluate(w, x0, centres)
-        return (w, opt_state, c_new, g, key), step_metrics(c, c_new, idx, u)
+        return (w, opt_state, sel_state), _record(c, idx, u)
 
-    return init, step
+    return init, jax.jit(step)
 
 
 @functools.lru_cache(maxsize=16)
 def hard_fns(config: HypersphereConfig, method: str):
+    """``(init, step)`` of a hard method; the step's record adds `harness.solve_record`'s diagnostics.
+
+    ``step(carry, x0, centres, fixed_batch, fixed) -> (carry, record)`` with
+    ``carry = (w, opt_state)``; ``fixed_batch`` (``hard-fixed``'s 20 centres,
+    gathered once) and ``fixed`` (their indices) are None for the others.
+    The pool passed as ``constraint_batch`` is the same at every step (all
+    centres, or ``hard-fixed``'s 20), as the multiplier memory requires: it
+    stores indices into it.
+    """
     constraint_fn = functools.partial(sphere_constraints, radius=config.radius)
     m = config.constraints
     memory = None
     if method in ("hard", "hard-memory"):
-        sel = selector(config)
-        active = sel
+        active = selector(config)
         if method == "hard-memory":
             # Every constraint projected so far keeps pulling with its
             # accumulated multiplier (kktopt.memory.MultiplierMemory).
             memory = kktopt.memory.multiplier_memory(config.memory, centres_spec(config))
     else:
-        sel = None
         active = kktopt.active.all_samples()
-    # schur/dense/per_sample by default: one k x d Jacobian per step, products are matmuls.
-    solver, jacobian = config.solver_choice().build()
+    solver = config.solver_choice(method).build()
     tx = optax.chain(
         optax.sgd(config.hard_lr),
-        kktopt.project_kkt(constraint_fn, active=active, solver=solver, jacobian=jacobian, memory=memory),
+        kktopt.project_kkt(constraint_fn, active=active, solver=solver, memory=memory),
     )
-
-    def batch_and_indices(opt_state, centres, fixed_batch, fixed):
-        if method in ("hard", "hard-memory"):
-            # The indices project_kkt is about to draw, from its own state.
-            idx, _ = draw_indices(sel, m, opt_state[1].active)
-            return centres, idx
-        if method == "hard-fixed":
-            return fixed_batch, fixed
-        return centres, jnp.arange(m)
 
     @jax.jit
     def init(w, x0, centres):
-        return (w, tx.init(w), constraint_fn(w, centres))
+        return (w, tx.init(w))
 
-    @jax.jit
-    def step(carry, x0, centres, fixed_batch, fixed):
-        w, opt_state, c = carry
-        batch, idx = batch_and_indices(opt_state, centres, fixed_batch, fixed)
+    def step(carry, x0, centres, fixed_batch=None, fixed=None):
+        w, opt_state = carry
+        c = constraint_fn(w, centres)  # merged with the step's own product where it has one
         g = jax.grad(objective)(w, x0)
+        batch = fixed_batch if method == "hard-fixed" else centres
         u, opt_state = tx.update(g, opt_state, w, constraint_batch=batch)
         w = optax.apply_updates(w, u)
-        c_new = constraint_fn(w, centres)
-        info = kkt_info(opt_state)
-        metrics = step_metrics(c, c_new, idx, u) | {
-            "iterations": info.solver.iterations,
-            "istop": info.solver.istop,
-            "linearized_residual": info.linearized_residual,
-            "active_violation_norm": info.violation_norm,
-        }
-        return (w, opt_state, c_new), metrics
+        if method in ("hard", "hard-memory"):
+            idx = opt_state[1].active.indices  # what the selector chose at this step
+        elif method == "hard-fixed":
+            idx = fixed
+        else:
+            idx = jnp.arange(m)
+        return (w, opt_state), _record(c, idx, u) | solve_record(kkt_info(opt_state))
 
-    return init, step
+    return init, jax.jit(step)
 
+
+def fns(config: HypersphereConfig, method: str):
+    """``(init, step)`` of any method."""
+    return soft_fns(config) if method == "soft" else hard_fns(config, method)
+
+
+@functools.lru_cache(maxsize=32)
+def chunk_fn(config: HypersphereConfig, method: str, length: int):
+    """``length`` steps of `method` as one compiled ``lax.scan``: ``(carry, *args) -> (carry, records)``.
+
+    The records are stacked along a leading axis of ``length`` and stay on
+    the device until the chunk ends.
+    """
+    _, step = fns(config, method)
+
+    @jax.jit
+    def run(carry, x0, centres, fixed_batch, fixed):
+        def body(carry, _):
+            return step(carry, x0, centres, fixed_batch, fixed)
+
+        return jax.lax.scan(body, carry, None, length=length)
+
+    return run
+
+
+@functools.lru_cache(maxsize=16)
+def values_fn(config: HypersphereConfig):
+    """All m constraint values at w (compiled): the record after the last step."""
+    return jax.jit(functools.partial(sphere_constraints, radius=config.radius))

@@ -19,10 +19,10 @@ __all__ = [
     "Centres",
     "HypersphereProblem",
     "centres_spec",
-    "draw_indices",
     "geometry",
     "make_problem",
     "objective",
+    "random_draw",
     "selector",
     "sphere_constraints",
 ]
@@ -92,9 +92,16 @@ def selector(config: HypersphereConfig) -> RandomSamples:
     return kktopt.active.random_samples(config.active, seed=config.seed)
 
 
-def draw_indices(selector: RandomSamples, m: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The indices the selector picks with state ``key`` (exactly what project_kkt uses)."""
-    return selector.select(None, None, jnp.arange(m, dtype=jnp.int32), key)
+def random_draw(selector: RandomSamples, m: int, state) -> tuple[jax.Array, object]:
+    """One draw of ``selector`` from m constraints: ``(indices, new_state)``.
+
+    For the methods that need ``hard``'s random sets without projecting on
+    them: ``soft`` (panel (b) of Fig. 4 compares the same constraints) and
+    ``hard-fixed`` (its set is the first draw). The hard transforms record
+    their own draws in their state (``RandomSamplesState.indices``).
+    """
+    _, state = selector.select(None, None, jnp.arange(m, dtype=jnp.int32), state)
+    return selector.indices(state), state
 
 
 def make_problem(config: HypersphereConfig) -> HypersphereProblem:
@@ -110,7 +117,7 @@ def make_problem(config: HypersphereConfig) -> HypersphereProblem:
     z = jax.random.normal(key_x, (config.dim,), dtype)
     x0 = config.start_distance * z / jnp.linalg.norm(z)
     sel = selector(config)
-    fixed, _ = draw_indices(sel, config.constraints, sel.init(x0))
+    fixed, _ = random_draw(sel, config.constraints, sel.init(x0))
     return HypersphereProblem(x0=x0, centres=Centres.from_points(points), fixed=fixed)
 
 

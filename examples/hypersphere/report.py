@@ -1,4 +1,4 @@
-"""Figures of the hypersphere experiment: Fig. 3 (d = 2 illustration) and Fig. 4 (from metrics.json)."""
+"""Figures and table of the hypersphere experiment: Fig. 3 (d = 2 illustration), Fig. 4 and the README table (from metrics.json)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from hypersphere.config import METHODS
 from hypersphere.illustration import illustration_2d
 
-__all__ = ["COLOURS", "FLOOR", "curves", "plot_fig3", "plot_fig4"]
+__all__ = ["COLOURS", "FLOOR", "curves", "format_table", "plot_fig3", "plot_fig4"]
 
 FLOOR = 1e-16  # |C| values below this (exact zeros included) are drawn at it on log axes
 
@@ -176,3 +176,48 @@ def plot_fig4(result: dict[str, Any], path: str | os.PathLike, extra: Sequence[d
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def format_table(result: dict[str, Any], markdown: bool = True) -> str:
+    """The README table from the content of metrics.json, one row per method.
+
+    Columns: the KKT solver, median |C| over all constraints after the last
+    step and its median over the last 100 steps, the share of steps that did
+    not worsen their active constraints, s/step (and its ratio to ``soft``),
+    and what the hard steps achieved (`harness.summarise_solves`): the median
+    linearised residual ``||A dw + c|| / ||c||`` and ``||A dw + c||`` itself
+    (the ratio is rounding noise once ``||c||`` is, for a method converged
+    onto its active constraints), the median KKT iterations and the stop
+    codes with their counts.
+    """
+    def num(v, f):
+        return "-" if v is None else format(v, f)
+
+    head = ["method", "KKT solver", "median |C| after the last step", "median over the last 100 steps",
+            "steps with active change <= 0", "s / step", "x soft", "median ||A dw + c|| / ||c||",
+            "median ||A dw + c||", "KKT it. (median)", "stop codes"]
+    methods = result["methods"]
+    soft = methods.get("soft", {}).get("seconds_per_iter")
+    body = []
+    for name in METHODS:
+        if name not in methods:
+            continue
+        m = methods[name]
+        c = [np.nan if v is None else v for v in m["median_abs_c"]]
+        s = m.get("solver_summary") or {}
+        codes = ", ".join(f"{k}: {v}" for k, v in s.get("istop_counts", {}).items()) or "-"
+        body.append([
+            f"`{name}`", m.get("kkt_solver") or "-", num(c[-1], ".2e"),
+            num(float(np.median(c[-100:])), ".2e"),
+            f"{100 * m['active_change_nonpositive_fraction']:.1f} %",
+            num(m.get("seconds_per_iter"), ".3f"),
+            num(m["seconds_per_iter"] / soft if soft and m.get("seconds_per_iter") else None, ".1f"),
+            num(s.get("linearized_residual_median"), ".1e"), num(s.get("residual_norm_median"), ".1e"),
+            num(s.get("iterations_median"), ".0f"), codes,
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join(["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+                     + ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in body])

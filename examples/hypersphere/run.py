@@ -15,15 +15,59 @@ import jax
 import numpy as np
 
 import harness
-from harness import compile_step, read_json, to_json, write_json
+from harness import SOLVE_KEYS, compile_step, read_json, summarise_solves, to_json, write_json
 from kktopt.active import take_samples
 
 from hypersphere.config import METHODS, HypersphereConfig
-from hypersphere.methods import hard_fns, median_abs, soft_fns, step_key
+from hypersphere.methods import chunk_fn, fns, step_key, values_fn
 from hypersphere.problem import HypersphereProblem, geometry, make_problem
-from hypersphere.report import plot_fig3, plot_fig4
+from hypersphere.report import format_table, plot_fig3, plot_fig4
 
-__all__ = ["load_existing", "run", "run_method"]
+__all__ = ["CHUNK", "load_existing", "run", "run_method", "step_metrics"]
+
+
+CHUNK = 50
+"""Steps per compiled ``lax.scan`` (the progress bar moves once per chunk)."""
+
+
+def _loop(method, config, carry, args, progress):
+    """Run ``config.iters`` steps in compiled chunks; returns the carry, the stacked records, seconds."""
+    key = step_key(config)
+    n, length = config.iters, min(CHUNK, max(config.iters, 1))
+    parts, seconds = [], 0.0
+    with harness.progress(n, desc=f"{method:>10}", enabled=progress) as bar:
+        done = 0
+        while done < n:
+            size = min(length, n - done)
+            chunk = chunk_fn(key, method, size)
+            t0 = time.perf_counter()
+            carry, records = chunk(carry, *args)
+            records = jax.device_get(records)  # waits for the chunk
+            seconds += time.perf_counter() - t0
+            parts.append(records)
+            done += size
+            bar.set_postfix_str(f"median|C|={np.median(np.abs(records['values'][-1])):.2e}", refresh=False)
+            bar.update(size)
+    stacked = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return carry, stacked, seconds
+
+
+def step_metrics(values: np.ndarray, indices: np.ndarray) -> dict[str, list]:
+    """Fig. 4's metrics from the constraint values at every iterate and the active indices of every step.
+
+    ``values``: ``(iters + 1, m)``, all constraint values at iterates 0 .. iters;
+    ``indices``: ``(iters, k)``, the active constraints of each step.
+    """
+    a = np.abs(values)
+    t = np.arange(len(indices))[:, None]
+    before, after = a[:-1][t, indices], a[1:][t, indices]
+    change = np.median(after, axis=1) - np.median(before, axis=1)
+    return {
+        "median_abs_c": np.median(a, axis=1).tolist(),
+        "active_change": change.tolist(),
+        "active_change_nonpositive_fraction": float(np.mean(change <= 0)) if change.size else 0.0,
+        "active_max_abs_c": np.max(after, axis=1).tolist() if change.size else [],
+    }
 
 
 def run_method(
@@ -36,7 +80,11 @@ def run_method(
 ) -> dict[str, Any] | tuple[dict[str, Any], jax.Array]:
     """Run one method for ``config.iters`` steps from ``w = x0``.
 
-    Must run with the config's dtype enabled (:func:`run` does it).
+    Must run with the config's dtype enabled (:func:`run` does it). The
+    steps run as compiled chunks of `CHUNK` steps (`hypersphere.methods.chunk_fn`);
+    each step returns the constraint values it computed at its start, so
+    the metrics need no further pass over the centres (one more evaluation
+    at the end, for the last iterate).
 
     Args:
       method: one of :data:`METHODS`.
@@ -52,58 +100,55 @@ def run_method(
       that step's active constraints after the step minus before; for
       ``soft`` the active set is the random draw ``hard`` uses at the same
       step), ``active_change_nonpositive_fraction`` (the fraction of steps
-      with ``active_change <= 0``), ``active_max_abs_c`` (per step, max |C| over that step's
-      active constraints after the step), ``step_norm`` (per step, ||dw||),
-      ``seconds_per_iter`` (wall time of the loop, metrics included,
-      compilation excluded), ``compile_seconds`` and ``solver`` (per step,
-      from the transform's :class:`kktopt.KKTInfo`: ``iterations`` and
-      ``istop`` of the inner solve, ``linearized_residual`` = ||A dw + c|| /
-      ||c|| and ``active_violation_norm`` = ||c|| over the active constraints
-      before the step; empty for ``soft``).
+      with ``active_change <= 0``), ``active_max_abs_c`` (per step, max |C|
+      over that step's active constraints after the step), ``step_norm``
+      (per step, ||dw||), ``seconds_per_iter`` (wall time of the compiled
+      loop, compilation excluded), ``compile_seconds``, ``kkt_solver`` (the
+      ``system/method/jacobian`` of a hard method, None for ``soft``),
+      ``solver`` (per step, from the transform's :class:`kktopt.KKTInfo`
+      via `harness.solve_record`: ``linearized_residual`` = ||A dw + c|| /
+      ||c||, ``iterations`` and ``istop`` of the inner solve, ``status``
+      where kktopt reports one; empty lists for ``soft``) and
+      ``solver_summary`` (their distribution, `harness.summarise_solves`:
+      median, 90th percentile and max residual, median and max iterations,
+      counts per stop code; empty for ``soft``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     key = step_key(config)
     x0, centres, fixed = problem
+    # hard-fixed's constraint batch: its 20 centres, gathered once.
+    fixed_batch = take_samples(centres, fixed) if method == "hard-fixed" else None
+    args = (x0, centres, fixed_batch, fixed)
     t0 = time.perf_counter()
-    if method == "soft":
-        init, step = soft_fns(key)
-        args = (x0, centres)
-    else:
-        init, step = hard_fns(key, method)
-        # hard-fixed's constraint batch: its 20 centres, gathered once.
-        fixed_batch = take_samples(centres, fixed) if method == "hard-fixed" else None
-        args = (x0, centres, fixed_batch, fixed)
+    init, _ = fns(key, method)
     carry = init(x0, x0, centres)
-    step_c, _ = compile_step(step, carry, *args)
+    length = min(CHUNK, max(config.iters, 1))
+    for size in {length, config.iters % length or length}:  # the chunk lengths the loop runs
+        compile_step(chunk_fn(key, method, size), carry, *args)
+    jax.block_until_ready(carry)
     compile_seconds = time.perf_counter() - t0  # init included
 
-    c0 = carry[2]
-    per_step: dict[str, list] = {}
-    t0 = time.perf_counter()
-    with harness.progress(config.iters, desc=f"{method:>10}", enabled=progress) as bar:
-        for _ in range(config.iters):
-            carry, metrics = step_c(carry, *args)
-            for name, value in jax.device_get(metrics).items():
-                per_step.setdefault(name, []).append(value.item())
-            bar.set_postfix_str(f"median|C|={per_step['median_abs_c'][-1]:.2e}", refresh=False)
-            bar.update()
-    seconds = time.perf_counter() - t0
-    solver_keys = ("iterations", "istop", "linearized_residual", "active_violation_norm")
+    carry, rec, seconds = _loop(method, config, carry, args, progress)
+    w = carry[0]
+    last = np.asarray(jax.device_get(values_fn(key)(w, centres)))[None]
+    values = np.concatenate([rec["values"], last]) if rec else last
+    indices = rec["indices"] if rec else np.zeros((0, 1), np.int32)
+    solver_lists = {k: rec[k].tolist() for k in SOLVE_KEYS + ("status",) if k in rec} if method != "soft" else {}
+    solver_lists = solver_lists or {k: [] for k in SOLVE_KEYS}
     out = {
-        "median_abs_c": [float(median_abs(c0))] + per_step["median_abs_c"],
-        "active_change": per_step["active_change"],
-        "active_change_nonpositive_fraction": float(np.mean(np.asarray(per_step["active_change"]) <= 0)),
-        "active_max_abs_c": per_step["active_max_abs_c"],
-        "step_norm": per_step["step_norm"],
-        "seconds_per_iter": seconds / config.iters,
+        **step_metrics(values, indices),
+        "step_norm": rec["step_norm"].tolist() if rec else [],
+        "seconds_per_iter": seconds / max(config.iters, 1),
         "compile_seconds": compile_seconds,
-        "solver": {k: per_step.get(k, []) for k in solver_keys},
-        # Diverged: non-finite |C| somewhere (written as null in metrics.json).
-        "status": "done" if np.all(np.isfinite(per_step["median_abs_c"])) else "diverged",
+        "kkt_solver": None if method == "soft" else config.solver_choice(method).label(),
+        "solver": solver_lists,
+        "solver_summary": summarise_solves(solver_lists) if method != "soft" else {},
     }
+    # Diverged: non-finite |C| somewhere (written as null in metrics.json).
+    out["status"] = "done" if np.all(np.isfinite(out["median_abs_c"])) else "diverged"
     if return_final:
-        return out, carry[0]
+        return out, w
     return out
 
 
@@ -135,7 +180,7 @@ def run(
     progress: bool = True,
     figures: bool = True,
 ) -> dict[str, Any]:
-    """Run the experiment and write ``metrics.json``, ``fig3.png`` and ``fig4.png``.
+    """Run the experiment and write ``metrics.json``, ``table.md``, ``fig3.png`` and ``fig4.png``.
 
     ``metrics.json`` is rewritten after every method. Methods already in it
     (from a run with the same config) are skipped unless ``force``; a file
@@ -183,6 +228,7 @@ def run(
             write_json(path, result)
         else:
             result = read_json(path)
+    (out / "table.md").write_text(format_table(result) + "\n")
     if figures:
         plot_fig4(result, out / "fig4.png")
         plot_fig3(out / "fig3.png", seed=config.seed)

@@ -79,7 +79,7 @@ class MethodSpec:
         MINRES-QLP, matrix-free) or ``"schur"`` (dense Schur complement on a
         per-sample Jacobian); Gauss-Newton needs ``"full"``.
       rcond: relative eigenvalue cutoff of the dense pseudo-inverse of the
-        ``schur`` system (None: ``kktopt.SchurKKT``'s default, m times the
+        ``schur`` system (None: ``kktopt.KKTSolver``'s default, m times the
         machine epsilon). A larger cutoff drops the nearly dependent
         directions of ``A A^T`` (Sec. 6-7 of the paper: ill-conditioned KKT
         systems), so the step meets the well-determined part of the
@@ -222,7 +222,7 @@ class ExperimentPreset:
         samples active). kktopt's default, 4 m + 20 for m active
         constraints, lets MINRES-QLP converge; a lower limit trades accuracy
         of the linearised constraints for time (recorded per checkpoint as
-        ``linearized_residual_mean``, ``||A dw + c|| / ||c||``).
+        ``linearized_residual_median`` and its distribution, ``||A dw + c|| / ||c||``).
       methods: the constrained configurations, run in this order.
       seed: seed of the data, the initial weights and the minibatches.
       notes: how the hyperparameters were chosen, for the record.

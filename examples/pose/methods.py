@@ -10,6 +10,9 @@ Written with kktopt's public API as a user would:
   ``kktopt.project_kkt``); the hard ones optionally with a
   ``kktopt.memory.multiplier_memory`` (``memory=``).
 * `make_step`: one training iteration for each of them.
+* `memory_selector`: the active samples of a hard method with a multiplier
+  memory, which must choose them from one fixed pool (the memory stores
+  pool indices).
 
 Learning rates and the damping are ``optax.inject_hyperparams``
 hyperparameters (they live in the optimiser state) and lambda is an argument
@@ -19,18 +22,20 @@ runs the same compiled step.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 
 import kktopt
-from harness import kkt_info
+from harness import kkt_info, solve_record
 
 from pose.problem import PoseProblem
 
-__all__ = ["make_optimizer", "make_step"]
+__all__ = ["MinedFromRandom", "make_optimizer", "make_step", "memory_selector"]
 
 PyTree = Any
 
@@ -44,9 +49,9 @@ def make_optimizer(
     damping: float | None = None,
     eps: float = 1e-8,
     mined: int = 16,
-    solver: kktopt.KrylovKKT | kktopt.SchurKKT | None = None,
+    solver: kktopt.KKTSolver | None = None,
     memory: kktopt.memory.MultiplierMemory | None = None,
-    jacobian: str | None = None,
+    active: kktopt.active.Selector | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The optimiser of one method, with its hyperparameters injected into its state.
 
@@ -62,21 +67,22 @@ def make_optimizer(
       eps: Adam's epsilon in the Hard-Adam metric of Eq. 12 (optax's default
         1e-8 elsewhere; see `MethodSpec.eps`).
       mined: samples kept by mining.
-      solver: the KKT solver (default ``kktopt.KrylovKKT()``, MINRES-QLP). A
-        ``kktopt.SchurKKT`` is used with ``jacobian="per_sample"`` (a dense
-        Jacobian of the active constraints; the constraints of Eq. 15 are
-        per sample).
-      memory: a ``kktopt.memory.multiplier_memory`` for the hard methods.
-      jacobian: ``"matrix_free"`` or ``"per_sample"``; None: ``"per_sample"``
-        with a ``kktopt.SchurKKT``, else ``"matrix_free"`` (see
-        `harness.SolverChoice.build`, which returns both).
+      solver: the ``kktopt.KKTSolver`` (system, method and Jacobian); default
+        MINRES-QLP on the full KKT system, matrix-free (the paper's
+        Algorithm 1). ``harness.SolverChoice.build`` makes one from the
+        experiment's names.
+      memory: a ``kktopt.memory.multiplier_memory`` for the hard methods. It
+        remembers samples by their index in the constraint pool, so the step
+        must then receive the same pool at every step with the active samples
+        chosen from it by ``active`` (see `memory_selector`).
+      active: the selector of the active samples (default: from
+        ``constraints``, over the minibatch passed to the step).
     """
     cfn = problem.constraints
-    active = kktopt.active.mined_samples(mined) if constraints == "mined" else None
-    solver = kktopt.KrylovKKT() if solver is None else solver
-    if jacobian is None:
-        jacobian = "per_sample" if isinstance(solver, kktopt.SchurKKT) else "matrix_free"
-    hard = dict(active=active, solver=solver, memory=memory, jacobian=jacobian)
+    if active is None and constraints == "mined":
+        active = kktopt.active.mined_samples(mined)
+    solver = kktopt.KKTSolver(system="full", method="minres_qlp") if solver is None else solver
+    hard = dict(active=active, solver=solver, memory=memory)
     if memory is not None and method not in ("hard-sgd", "hard-adam", "gauss-newton",
                                              "adam-project"):
         raise ValueError(f"memory applies to the hard methods, not {method!r}.")
@@ -94,19 +100,89 @@ def make_optimizer(
         return optax.chain(optax.inject_hyperparams(optax.adam)(learning_rate=lr),
                            kktopt.project_kkt(cfn, **hard))
     if method == "hard-adam":
-        # Paper Eq. 12; kktopt.hard_adam(lr, cfn, ...) is this transform, but its
-        # **kwargs hide `active` and `solver` from inject_hyperparams' static_args.
+        # Paper Eq. 12 (constraint_fn is static: inject_hyperparams would take
+        # a callable for a schedule).
         return optax.inject_hyperparams(
-            kktopt.scale_by_adam_kkt,
-            static_args=("constraint_fn", "active", "solver", "memory", "jacobian"))(
-            constraint_fn=cfn, learning_rate=lr, eps=eps, **hard)
+            kktopt.hard_adam, static_args=_static(kktopt.hard_adam, "constraint_fn"))(
+            learning_rate=lr, constraint_fn=cfn, eps=eps, **hard)
     if method == "gauss-newton":
         # Paper Eq. 6 with R = 1/2 ||r||^2 = the loss of Eq. 14.
         return optax.inject_hyperparams(
             kktopt.gauss_newton_kkt,
-            static_args=("residual_fn", "constraint_fn", "active", "solver", "memory", "jacobian"))(
+            static_args=_static(kktopt.gauss_newton_kkt, "residual_fn", "constraint_fn"))(
             residual_fn=problem.residuals, constraint_fn=cfn, damping=damping, **hard)
     raise ValueError(f"unknown method {method!r}.")
+
+
+# Integer settings that must stay Python integers (inject_hyperparams turns
+# every numeric default into an array), where the installed kktopt has them.
+_STATIC_SETTINGS = ("inequality_rounds",)
+
+
+def _static(factory, *names: str) -> tuple[str, ...]:
+    params = inspect.signature(factory).parameters
+    return names + tuple(n for n in _STATIC_SETTINGS if n in params)
+
+
+class MinedFromRandom(kktopt.active.Selector):
+    """Hard constraint mining (Eq. 9) within a random minibatch of a fixed pool.
+
+    The paper's mined batches are the ``k`` most violating samples of a
+    random pool minibatch of ``batch``. With a multiplier memory the pool
+    passed to the step must be the same at every step (the memory stores
+    pool indices), so the random minibatch is drawn here, from the pool:
+    ``batch`` samples uniformly without replacement, of which the ``k``
+    with the largest median |C| are active. Costs one evaluation of the
+    constraints on the minibatch (as mining the minibatch passed to the
+    step does). The state records the pool indices chosen
+    (``kktopt.active.MinedSamplesState`` semantics, plus the PRNG key).
+
+    Attributes:
+      batch: size of the random minibatch.
+      k: samples kept by mining.
+      seed: seed of the PRNG key kept in the state.
+    """
+
+    batch: int = eqx.field(static=True)
+    k: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if not 1 <= self.k <= self.batch:
+            raise ValueError(f"MinedFromRandom needs 1 <= k <= batch, got k={self.k}, batch={self.batch}.")
+
+    def init(self, params):
+        return kktopt.active.RandomSamplesState(key=jax.random.PRNGKey(self.seed),
+                                                indices=jnp.zeros((self.k,), jnp.int32))
+
+    def select(self, constraint_fn, params, pool, state):
+        n = kktopt.active.batch_size(pool)
+        if self.batch > n:
+            raise ValueError(f"MinedFromRandom(batch={self.batch}) needs a pool of at least "
+                             f"{self.batch} samples, got {n}.")
+        key, sub = jax.random.split(state.key)
+        drawn = jax.random.permutation(sub, n)[: self.batch].astype(jnp.int32)
+        values = constraint_fn(params, kktopt.active.take_samples(pool, drawn))
+        best = kktopt.mine_active_constraints(jax.lax.stop_gradient(values), self.k)
+        indices = drawn[best]
+        return (kktopt.active.take_samples(pool, indices),
+                kktopt.active.RandomSamplesState(key=key, indices=indices))
+
+    def indices(self, state):
+        return state.indices
+
+
+def memory_selector(constraints: str, *, batch: int, mined: int, seed: int = 0
+                    ) -> kktopt.active.Selector:
+    """The active samples of a hard method with a multiplier memory, chosen from the whole pool.
+
+    ``"random"``: ``kktopt.active.random_samples(batch)`` (all of a random
+    minibatch active); ``"mined"``: `MinedFromRandom` (the ``mined`` most
+    violating samples of such a minibatch, Eq. 9).
+    """
+    if constraints == "random":
+        return kktopt.active.random_samples(batch, seed=seed)
+    return MinedFromRandom(batch=batch, k=mined, seed=seed)
 
 
 def make_step(method: str, problem: PoseProblem, tx: optax.GradientTransformationExtraArgs, *,
@@ -155,10 +231,7 @@ def make_step(method: str, problem: PoseProblem, tx: optax.GradientTransformatio
         stats["loss"] = loss
         info = kkt_info(opt_state)
         if info is not None:
-            stats.update(
-                iterations=info.solver.iterations, istop=info.solver.istop,
-                num_active=info.num_active, violation_norm=info.violation_norm,
-                linearized_residual=info.linearized_residual)
+            stats.update(solve_record(info), num_active=info.num_active)
         return optax.apply_updates(params, updates), opt_state, stats
 
     return step

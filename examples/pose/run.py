@@ -64,7 +64,7 @@ from harness import compile_step, fingerprint, load_tree, read_json, save_tree, 
 from pose import model as pose_model
 from pose.config import METHOD_LABELS, PRESETS, ExperimentPreset, MethodSpec, get_preset
 from pose.data import load_pose_data
-from pose.methods import make_optimizer, make_step
+from pose.methods import make_optimizer, make_step, memory_selector
 from pose.problem import make_problem
 from pose.report import format_seed_table, format_table, plot_fig2a, plot_fig2b, plot_pareto
 from pose.train import THRESHOLDS_MM, Evaluator, Interrupted, as_lam, batch_indices, train_loop
@@ -105,6 +105,7 @@ class _Run:
         self.stop_after = stop_after_checkpoints
         self.checkpoints_saved = 0
         self.results_path = out / "results.json"
+        self._pool_device = None
 
     # -- bookkeeping ------------------------------------------------------
     def save_results(self) -> None:
@@ -152,6 +153,19 @@ class _Run:
         idx = batch_indices(len(self.pool), self.preset.batch_size, step,
                             self.preset.seed + offset, _STREAM_POOL)
         return self.pool[idx]
+
+    def constraint_pool(self, spec: MethodSpec, step: int) -> Any:
+        """The ``constraint_batch`` of step `step`: a random pool minibatch, or the whole pool.
+
+        With a multiplier memory the whole pool, the same device array at
+        every step (uploaded once), from which the optimiser's selector
+        draws; otherwise minibatch `step` of the pool (`pool_batch`).
+        """
+        if spec.memory is None:
+            return self.pool_batch(step, spec.seed)
+        if self._pool_device is None:
+            self._pool_device = jax.device_put(self.pool)
+        return self._pool_device
 
     # -- unconstrained model ----------------------------------------------
     def pretrain(self) -> Any:
@@ -260,18 +274,21 @@ class _Run:
         state_path, prog_path = folder / "state.eqx", folder / "progress.json"
 
         # full/minres_qlp/matrix_free (the paper's) or schur/dense/per_sample.
-        choice = harness.solver_choice(
+        solver = harness.solver_choice(
             spec.system, rtol=p.solver_rtol, rcond=spec.rcond,
-            maxiter=p.maxiter(spec) if spec.system == "full" else None)
-        solver, jacobian = choice.build()
-        memory = None
+            maxiter=p.maxiter(spec) if spec.system == "full" else None).build()
+        memory = active = None
         if spec.memory is not None:
+            # The memory stores indices into the constraint pool: the step gets
+            # the whole pool (the same array every step) and draws its random
+            # minibatch (and mines it) from it, in the optimiser state.
             memory = kktopt.memory.multiplier_memory(
-                spec.memory, self.pool_batch(0), decay=1.0 if spec.decay is None else spec.decay)
+                spec.memory, self.pool, decay=1.0 if spec.decay is None else spec.decay)
+            active = memory_selector(spec.constraints, batch=p.batch_size, mined=p.mined,
+                                     seed=p.seed + spec.seed)
         tx = make_optimizer(spec.method, self.problem, constraints=spec.constraints, lr=spec.lr,
                             damping=spec.damping, mined=p.mined, solver=solver, memory=memory,
-                            jacobian=jacobian,
-                            **({} if spec.eps is None else {"eps": spec.eps}))
+                            active=active, **({} if spec.eps is None else {"eps": spec.eps}))
         params, opt_state = start_params, tx.init(start_params)
         base = self.results["unconstrained"]
         prog = {"fingerprint": fp, "step": 0,
@@ -295,7 +312,7 @@ class _Run:
                                 mined=p.mined)
             compiled_steps[spec.family] = compile_step(step_fn, params, opt_state,
                                                        self.batch(0, _STREAM_LABELED),
-                                                       self.pool_batch(0), lam)
+                                                       self.constraint_pool(spec, 0), lam)
             prog["compile_seconds"].append(round(compiled_steps[spec.family][1], 2))
         compiled = compiled_steps[spec.family][0]
 
@@ -334,7 +351,7 @@ class _Run:
             train_loop(compiled, params, opt_state, start=prog["step"], steps=spec.steps,
                        eval_every=spec.eval_every,
                        get_batch=lambda t: (self.batch(t, _STREAM_LABELED, spec.seed),
-                                            self.pool_batch(t, spec.seed)),
+                                            self.constraint_pool(spec, t)),
                        lam=lam, timing=prog["timing"], checkpoint=checkpoint,
                        desc=f"{METHOD_LABELS[spec.method]} {spec.constraints} {spec.hyper_label}",
                        progress=self.progress)

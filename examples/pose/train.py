@@ -99,19 +99,25 @@ class Evaluator:
 # --------------------------------------------------------------------------
 
 
-def summarise_stats(window: list[dict[str, float]]) -> dict[str, float]:
-    """Means (and for KKT codes, the share of successful solves) over a checkpoint window."""
+def summarise_stats(window: list[dict[str, float]]) -> dict[str, Any]:
+    """The training statistics of a checkpoint window.
+
+    Means of every per-step number (``loss_mean``, ``iterations_mean``, ...)
+    and, for hard steps, what they achieved (`harness.summarise_solves`:
+    median, 90th percentile and max of the linearised residual
+    ``||A dw + c|| / ||c||``, median and max iterations, counts per stop
+    code) plus the per-step values themselves under ``"solves"`` (so that
+    a table can take the median over all steps of a run).
+    """
     if not window:
         return {}
     keys = window[0].keys()
-    out = {f"{k}_mean": float(np.mean([w[k] for w in window])) for k in keys if k != "istop"}
-    if "istop" in keys:
-        codes = np.array([w["istop"] for w in window])
-        out["solver_success_fraction"] = float(np.mean((codes >= 1) & (codes <= 8)))
-        out["solver_maxiter_fraction"] = float(np.mean(codes == 9))
+    out: dict[str, Any] = {f"{k}_mean": float(np.mean([w[k] for w in window]))
+                           for k in keys if k not in ("istop", "status")}
     if "linearized_residual" in keys:
-        out["linearized_residual_median"] = float(np.median([w["linearized_residual"]
-                                                             for w in window]))
+        out.update(harness.summarise_solves(window))
+        out["solves"] = {k: [w[k] for w in window] for k in harness.SOLVE_KEYS + ("status",)
+                         if k in keys}
     return out
 
 

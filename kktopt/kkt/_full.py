@@ -28,9 +28,22 @@ def multiplier_scale(lin: Linearization, metric: Metric, r: jax.Array) -> jax.Ar
     return jnp.where(s2 > 0, s2, 1).astype(r.dtype)
 
 
-def multiplier_bound(dtype) -> jax.Array:
-    """The bound on ||(dw, Lambda)|| passed to the Krylov solver as ``maxxnorm``: 1 / eps."""
-    return jnp.asarray(1.0 / jnp.finfo(dtype).eps, dtype)
+def full_iteration_limit(cfg: KKTSolver, m: int, metric: Metric, like) -> int:
+    """The full-system iteration limit: ``cfg.maxiter``, else from the distinct eigenvalues of (*).
+
+    With a diagonal (or scalar) metric, :func:`~kktopt.kkt.default_maxiter`.
+    With ``D = J^T J + eta I`` (n_r residuals), D has at most ``n_r + 1``
+    distinct eigenvalues and the KKT matrix at most ``2 m + n_r + 1``: the
+    limit is twice that plus 20 (room for rounding), capped at twice the
+    dimension ``N_p + m`` of the system.
+    """
+    if cfg.maxiter is not None:
+        return cfg.maxiter
+    if metric.residual_map is None:
+        return cfg.iteration_limit(m)
+    n_r = int(jax.eval_shape(metric.residual_map, like).size)
+    n_p = sum(int(x.size) for x in jax.tree_util.tree_leaves(like))
+    return int(min(2 * (2 * m + n_r + 1) + 20, 2 * (n_p + m)))
 
 
 def _krylov_full(krylov):
@@ -62,8 +75,8 @@ def _krylov_full(krylov):
             (top, -r),
             preconditioner=precond,
             rtol=cfg.tolerance(dtype),
-            maxiter=cfg.iteration_limit(m),
-            maxxnorm=multiplier_bound(dtype),
+            maxiter=full_iteration_limit(cfg, m, metric, top),
+            maxxnorm=cfg.growth_bound(dtype),
             check_symmetry=False,
             check_residual=False,
         )

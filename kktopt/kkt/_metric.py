@@ -30,6 +30,9 @@ class Metric(NamedTuple):
       name: for messages.
       inverse_diagonal: for a diagonal D, its inverse diagonal as a pytree
         shaped like the parameters, or a scalar; None otherwise.
+      residual_map: for ``D = J^T J + eta I``, ``v -> J v``; its output size
+        bounds the number of distinct eigenvalues of D (the full-system
+        iteration limit uses it). None otherwise.
     """
 
     matvec: Callable[[PyTree], PyTree]
@@ -37,6 +40,7 @@ class Metric(NamedTuple):
     approx_inverse: Callable[[PyTree], PyTree]
     name: str
     inverse_diagonal: PyTree | None = None
+    residual_map: Callable[[PyTree], jax.Array] | None = None
 
 
 def euclidean_metric() -> Metric:
@@ -135,4 +139,5 @@ def gauss_newton_metric(
     def approx_inverse(v):
         return _tree.tree_scale(1 / scale, v)
 
-    return Metric(matvec=matvec, inverse=None, approx_inverse=approx_inverse, name="gauss-newton")
+    return Metric(matvec=matvec, inverse=None, approx_inverse=approx_inverse, name="gauss-newton",
+                  residual_map=residual_jvp)

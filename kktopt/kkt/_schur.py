@@ -12,6 +12,8 @@ iteration.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -20,10 +22,33 @@ from kktopt import _tree
 from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt.kkt._solver import KKTSolution, KKTSolver, register_method
-from kktopt.krylov import Stop, cg, dense_solve, minres, minres_qlp
+from kktopt.krylov import SolverInfo, Stop, cg, dense_solve, lsmr, min_norm_factor, minres, minres_qlp
+from kktopt.krylov._tree import pow2_scale
 from kktopt.krylov.dense import dense_info, symmetric_pinv
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def default_dense_rcond(dtype) -> float:
+    """Eigenvalue cut-off of ``method="dense"`` on ``A D^-1 A^T``, relative to its largest: ``4 eps``.
+
+    The eigenvalues of the computed Schur complement carry an absolute error
+    of order ``eps ||A D^-1 A^T||``, so only those within a few ``eps`` of
+    zero are noise; the former ``m eps`` dropped real directions in float32
+    (an eigenvalue ratio of 2e-6 at m = 32).
+    """
+    return 4.0 * float(jnp.finfo(dtype).eps)
+
+
+def _inner_rtol(cfg: KKTSolver, dtype) -> jax.Array:
+    """The Krylov solvers' own relative test: ``cfg.rtol`` when set, else eps (the row test decides)."""
+    return cfg.tolerance(dtype) if cfg.rtol is not None else jnp.asarray(jnp.finfo(dtype).eps, dtype)
+
+
+def _row_atol(cfg: KKTSolver, lin: Linearization) -> jax.Array:
+    """Stop once the rows residual is half the constraint tolerance: ``||r|| <= tol ||c|| / 2``."""
+    c = lin.c
+    return 0.5 * cfg.constraint_tolerance(c.dtype) * jnp.linalg.norm(c)
 
 
 def _unconstrained_step(lin: Linearization, metric: Metric, step, gradient):
@@ -51,8 +76,10 @@ def _krylov_schur(krylov):
         lam, info = krylov(
             schur,
             r,
-            rtol=cfg.tolerance(r.dtype),
+            rtol=_inner_rtol(cfg, r.dtype),
+            atol=_row_atol(cfg, lin),
             maxiter=cfg.iteration_limit(r.shape[0]),
+            **({} if krylov is cg else {"maxxnorm": cfg.growth_bound(r.dtype)}),
             check_symmetry=False,
             check_residual=False,
         )
@@ -76,7 +103,8 @@ def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -
     def schur(lam):
         return lin.jvp(metric.inverse(lin.vjp(lam)))
 
-    lam, info = dense_solve(schur, r, rtol=cfg.tolerance(r.dtype), rcond=cfg.rcond, check_symmetry=False)
+    rcond = default_dense_rcond(r.dtype) if cfg.rcond is None else cfg.rcond
+    lam, info = dense_solve(schur, r, rtol=cfg.tolerance(r.dtype), rcond=rcond, check_symmetry=False)
     return _finish(metric, lin, step, lam, info)
 
 
@@ -93,7 +121,7 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step)
     ad = a * dinv
     schur = jnp.matmul(ad, a.T, precision=_HIGHEST)
     schur = 0.5 * (schur + schur.T)
-    rcond = a.shape[0] * jnp.finfo(dtype).eps if cfg.rcond is None else cfg.rcond
+    rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
     factor = symmetric_pinv(schur, rcond)
     lam = factor.apply(r)
     # One step of iterative refinement on the constraint rows, reusing the
@@ -107,4 +135,126 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step)
     delta = jnp.where(finite, delta, 0)
     info = dense_info(schur, r, lam, factor, cfg.tolerance(dtype), istop)
     dw = _tree.tree_lincomb((1.0, step), (-1.0, lin.unravel(delta)))
+    return KKTSolution(step=dw, multipliers=lam, info=info)
+
+
+def _dense_jacobian(lin: Linearization, like) -> tuple[jax.Array, Callable]:
+    """The ``(m, N_p)`` Jacobian of the active rows and the unravel map of the flat parameters.
+
+    The per-sample Jacobian when it was formed; otherwise m VJPs of the
+    linearisation, batched in one ``jax.vmap`` pass.
+    """
+    if lin.matrix is not None:
+        return lin.matrix, lin.unravel
+    _, unravel = ravel_pytree(like)
+    eye = jnp.eye(lin.c.shape[0], dtype=lin.c.dtype)
+    return jax.vmap(lambda e: ravel_pytree(lin.vjp(e))[0])(eye), unravel
+
+
+def _flat_inverse_diagonal(metric: Metric, n: int, dtype) -> jax.Array:
+    dinv = metric.inverse_diagonal
+    if isinstance(dinv, (int, float)):
+        return jnp.full((n,), dinv, dtype)
+    return ravel_pytree(dinv)[0].astype(dtype)
+
+
+def _needs_diagonal(metric: Metric, method: str) -> None:
+    if metric.inverse_diagonal is None:
+        raise ValueError(
+            f"KKTSolver(method={method!r}) needs a diagonal metric (SGD, Adam); the {metric.name} metric "
+            "is not diagonal. Use solver=kktopt.KKTSolver(system='full') instead."
+        )
+
+
+@register_method("schur", "qr")
+def _qr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
+    """Minimum D-norm correction ``delta = -D^-1/2 pinv(A D^-1/2) (c + A u)`` from a QR of ``(A D^-1/2)^T``.
+
+    The error grows with ``cond(A D^-1/2)``, not its square; ``cfg.refine``
+    rounds of iterative refinement on the constraint rows reuse the
+    factorisation (one matmul with A each).
+    """
+    _needs_diagonal(metric, "qr")
+    step = _unconstrained_step(lin, metric, step, gradient)
+    a, unravel = _dense_jacobian(lin, step)
+    dtype = a.dtype
+    n = a.shape[1]
+    u = ravel_pytree(step)[0].astype(dtype)
+    r = lin.c + jnp.matmul(a, u, precision=_HIGHEST)
+    sqrt_dinv = jnp.sqrt(_flat_inverse_diagonal(metric, n, dtype))
+    b = a * sqrt_dinv
+    finite = jnp.all(jnp.isfinite(b)) & jnp.all(jnp.isfinite(r))
+    b = jnp.where(finite, b, 0)
+    r_ok = jnp.where(finite, r, 0)
+    factor = min_norm_factor(b, rcond=cfg.rcond)
+    # Work with r / scale (a power of two): no overflow for any finite r.
+    scale = pow2_scale(jnp.max(jnp.abs(r_ok)))
+    rs = r_ok / scale
+    y = factor.apply(rs)
+    for _ in range(max(cfg.refine, 1)):
+        y = y + factor.apply(rs - jnp.matmul(b, y, precision=_HIGHEST))
+    # y = B^T lam, so lam = pinv(B^T) y = V S^+ U^T Q^T y.
+    t = jnp.matmul(factor.u.T, jnp.matmul(y, factor.q, precision=_HIGHEST), precision=_HIGHEST)
+    lam = jnp.matmul(factor.vt.T, factor.inverse * t, precision=_HIGHEST) * scale
+    y = y * scale
+    res = r_ok - jnp.matmul(b, y, precision=_HIGHEST)
+    rnorm = jnp.linalg.norm(res)
+    bnorm = jnp.linalg.norm(r_ok)
+    arnorm = jnp.linalg.norm(jnp.matmul(res, b, precision=_HIGHEST))
+    anorm = factor.anorm
+    xnorm = jnp.linalg.norm(y)
+    relres = jnp.where(bnorm > 0, rnorm / jnp.where(bnorm > 0, bnorm, 1), 0)
+    relares = jnp.where(anorm * rnorm > 0, arnorm / jnp.where(anorm * rnorm > 0, anorm * rnorm, 1), 0)
+    rtol = cfg.tolerance(dtype)
+    istop = jnp.where(
+        ~finite, Stop.NONFINITE,
+        jnp.where(bnorm == 0, Stop.ZERO_RHS,
+                  jnp.where(relres <= rtol, Stop.SOLVED_RTOL,
+                            jnp.where(relares <= rtol, Stop.LEAST_SQUARES_RTOL, Stop.ACOND_LIMIT))),
+    ).astype(jnp.int32)
+    izero = jnp.zeros((), jnp.int32)
+    info = SolverInfo(
+        istop=istop, iterations=izero, minres_iterations=izero, qlp_iterations=izero, rnorm=rnorm,
+        arnorm=arnorm, relres=relres, relares=relares, anorm=anorm, acond=factor.acond.astype(dtype),
+        xnorm=xnorm,
+    )
+    delta = jnp.where(finite, sqrt_dinv * y, 0)
+    lam = jnp.where(finite, lam, 0)
+    dw = _tree.tree_lincomb((1.0, step), (-1.0, _tree.cast_like(unravel(delta), step)))
+    return KKTSolution(step=dw, multipliers=lam, info=info)
+
+
+@register_method("schur", "lsmr")
+def _lsmr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
+    """Minimum D-norm correction by LSMR on ``B = A D^-1/2``, matrix-free (conditioning cond(B)).
+
+    ``y = pinv(B) r`` by LSMR; the multipliers ``lam = pinv(B^T) y`` by a
+    second LSMR run on the tall ``B^T`` (each iteration one JVP and one VJP).
+    """
+    _needs_diagonal(metric, "lsmr")
+    step = _unconstrained_step(lin, metric, step, gradient)
+    dtype = lin.c.dtype
+    r = lin.c + lin.jvp(step)
+    dinv = metric.inverse_diagonal
+    if isinstance(dinv, (int, float)):
+        sqrt_dinv = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, dinv ** 0.5, p.dtype), step)
+    else:
+        sqrt_dinv = jax.tree_util.tree_map(lambda d, p: jnp.sqrt(d).astype(p.dtype), dinv, step)
+
+    def scaled(v):
+        return jax.tree_util.tree_map(jnp.multiply, sqrt_dinv, v)
+
+    def bmat(v):
+        return lin.jvp(scaled(v))
+
+    def bt(lam):
+        return scaled(lin.vjp(lam))
+
+    m = r.shape[0]
+    maxiter = cfg.iteration_limit(m)
+    y, info = lsmr(bmat, bt, r, x_like=step, rtol=_inner_rtol(cfg, dtype), atol=_row_atol(cfg, lin),
+                   maxiter=maxiter)
+    lam, info_lam = lsmr(bt, bmat, y, x_like=r, rtol=cfg.tolerance(dtype), maxiter=maxiter)
+    info = info._replace(iterations=info.iterations + info_lam.iterations)
+    dw = _tree.tree_lincomb((1.0, step), (-1.0, scaled(y)))
     return KKTSolution(step=dw, multipliers=lam, info=info)

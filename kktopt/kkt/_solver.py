@@ -33,7 +33,9 @@ import jax.numpy as jnp
 
 from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
+from kktopt import _tree
 from kktopt.krylov import SolverInfo
+from kktopt.krylov._info import KKTStatus, kkt_status
 
 PyTree = Any
 
@@ -47,12 +49,20 @@ class KKTSolution(NamedTuple):
     Attributes:
       step: the constrained step dw (shaped like the parameters).
       multipliers: Lambda of (*) in the metric D, shape ``(m,)``.
-      info: the inner solver's :class:`~kktopt.krylov.SolverInfo`.
+      info: the inner solver's :class:`~kktopt.krylov.SolverInfo` (of the last
+        solve; ``iterations`` summed over the refinement rounds).
+      residual: ``||A dw + c|| / ||c||`` on the true rows after the solve and
+        its refinement rounds (0 when ``c = 0``), set by :meth:`KKTSolver.solve`.
+      status: the :class:`~kktopt.krylov.KKTStatus` of the step (int32).
+      refinements: the number of refinement rounds run (int32).
     """
 
     step: PyTree
     multipliers: jax.Array
     info: SolverInfo
+    residual: jax.Array | None = None
+    status: jax.Array | None = None
+    refinements: jax.Array | None = None
 
 
 SolveFn = Callable[["KKTSolver", Linearization, Metric, "PyTree | None", "PyTree | None"], KKTSolution]
@@ -102,62 +112,147 @@ def default_maxiter(m: int) -> int:
     return 4 * m + 20
 
 
+def default_constraint_rtol(dtype) -> float:
+    """The default constraint tolerance of a step: 1e-3 in float32, 1e-8 in float64.
+
+    A step succeeds (``KKTStatus.SOLVED``) when ``||A dw + c|| <= tol ||c||``
+    on the true linearised rows. In float32 a solve that does not square
+    ``cond(A)`` reaches about ``cond(A) eps``; 1e-3 leaves room for
+    ``cond(A)`` up to about 1e4 and is far below the error of the
+    linearisation itself.
+    """
+    return 1e-3 if jnp.finfo(dtype).eps > 1e-10 else 1e-8
+
+
+# Dense minimum-norm path ("qr") when the Jacobian is small enough to form:
+# at most this many rows, and at most this many entries of the m x N_p matrix.
+AUTO_QR_MAX_ROWS = 256
+AUTO_QR_MAX_ENTRIES = 2**25
+
+
+def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> str:
+    """The method ``method="auto"`` resolves to, from static sizes only.
+
+    ``system="schur"`` with a diagonal metric: ``"qr"`` (dense minimum-norm
+    correction of ``A D^-1/2``, accurate to ``cond(A) eps``) when
+    ``m <= AUTO_QR_MAX_ROWS`` and ``m N_p <= AUTO_QR_MAX_ENTRIES`` (32M entries,
+    128 MB in float32), else ``"minres_qlp"`` on the Schur complement with
+    refinement on the true constraint rows. ``system="full"``:
+    ``"projected_cg"`` when the Jacobian is small enough to factor, else
+    ``"minres_qlp"``.
+    """
+    small = m <= AUTO_QR_MAX_ROWS and m * num_params <= AUTO_QR_MAX_ENTRIES
+    if system == "full":
+        return "projected_cg" if small and (system, "projected_cg") in _METHODS else "minres_qlp"
+    if not diagonal_metric:
+        return "minres_qlp"
+    return "qr" if small else "minres_qlp"
+
+
 class KKTSolver(eqx.Module):
     """How the hard transforms solve the KKT system of the linearised constraints.
 
     ``KKTSolver()`` is the default of :func:`kktopt.project_kkt`,
-    :func:`kktopt.scale_by_adam_kkt` and the aliases: MINRES-QLP on the m x m
-    Schur complement, matrix-free (``benchmarks/step_cost.py`` measured it
-    1.8x (CNN) to 9x (1M-parameter MLP) faster per step than MINRES-QLP on
-    the full system). :func:`kktopt.gauss_newton_kkt` needs
+    :func:`kktopt.scale_by_adam_kkt` and the aliases: ``method="auto"`` on the
+    Schur (range-space) system, which picks, from the static sizes, the dense
+    minimum-norm correction ``"qr"`` for ``m <= 256`` rows and at most 32M
+    Jacobian entries, else MINRES-QLP on the Schur complement
+    (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
+    ``benchmarks/step_cost.py``). :func:`kktopt.gauss_newton_kkt` needs
     ``system="full"`` (its metric has no cheap inverse).
 
+    Every solve ends with a check of the true linearised rows
+    ``r = c + A dw`` (one JVP): while ``||r|| > constraint_rtol ||c||``, up to
+    ``refine`` correction rounds add the minimum-norm (in the metric)
+    correction of ``r``, computed by the same method. The step's
+    :class:`~kktopt.krylov.KKTStatus` is a success only when the rows are met.
+
+    Methods, accuracy vs cost vs memory (float32, ``kappa = cond(A D^-1/2)``):
+
+    * ``"qr"`` (``system="schur"``): forms ``A`` (the per-sample Jacobian, or
+      m VJPs of the linearisation in one batched pass), a Householder QR of
+      ``(A D^-1/2)^T`` and an SVD of the m x m factor; reaches about
+      ``kappa eps``; refinement rounds cost one matmul with ``A``. Memory
+      ``m N_p``; time ``O(m^2 N_p)`` plus forming ``A``. Best for small m.
+    * ``"lsmr"`` (``system="schur"``): LSMR on ``A D^-1/2``, matrix-free
+      (one JVP and one VJP per iteration), reaches about ``kappa eps``; the
+      multipliers cost a second, m-dimensional solve. Memory O(N_p + m^2).
+    * ``"minres_qlp"``, ``"minres"``, ``"cg"`` (``system="schur"``): Krylov on
+      the m x m Schur complement ``A D^-1 A^T``, matrix-free, the cheapest per
+      iteration; the conditioning is ``kappa^2``, so float32 needs the
+      refinement rounds and fails (``ACCURACY_LIMIT``) once
+      ``kappa^2 eps`` nears 1.
+    * ``"dense"`` (``system="schur"``): forms ``A D^-1 A^T`` and applies its
+      eigendecomposition pseudo-inverse; squares ``kappa``, kept for
+      comparison.
+    * ``"minres_qlp"``, ``"minres"`` (``system="full"``): the paper's
+      Algorithms 1 and 2 on the full KKT matrix, matrix-free.
+    * ``"projected_cg"`` (``system="full"``): the null-space method of Gould,
+      Hribar and Nocedal (2001): a particular solution of the rows from a QR
+      factor of ``A``, then CG on ``D`` in the null space of ``A`` (each
+      projection two matmuls with the factor), so every iterate meets the
+      rows to rounding. Memory ``m N_p``. The Gauss-Newton default for small m.
+
     Attributes:
-      system: ``"schur"`` eliminates dw and solves
-        ``(A D^-1 A^T) Lambda = c + A u``, ``dw = u - D^-1 A^T Lambda``
-        (needs a diagonal metric); ``"full"`` solves (*) itself, matrix-free
-        (the paper's Algorithms 1 and 2).
-      method: ``"minres_qlp"`` (minimum-length solutions on rank-deficient
-        constraints), ``"minres"``, ``"cg"`` (Schur only) or ``"dense"``
-        (Schur only: forms the m x m matrix and applies its pseudo-inverse
-        by eigendecomposition, exact minimum-norm, one refinement step).
+      system: ``"schur"`` eliminates dw: the range-space form
+        ``dw = u - D^-1 A^T Lambda`` with ``(A D^-1 A^T) Lambda = c + A u``
+        (needs a diagonal metric); ``"full"`` solves (*) itself.
+      method: see above; ``"auto"`` (default) picks by :func:`auto_method`.
       jacobian: ``"matrix_free"`` (JVP/VJP of one linearisation) or
         ``"per_sample"`` (the dense m x N_p Jacobian by vmapped per-sample
         reverse mode, for constraints separable over the batch's sample
-        axis; products are then matmuls, cheap for ``method="dense"``).
-      rtol: relative tolerance; default :func:`default_rtol` (1e-4 in
-        float32, 1e-8 in float64). ``"dense"`` uses it only to tell a
-        solution (istop 4) from a least-squares one (istop 6).
-      maxiter: Krylov iteration limit; default :func:`default_maxiter`
-        (``4 m + 20``).
-      rcond: relative eigenvalue cut-off of ``"dense"``; default ``m * eps``.
+        axis; products are then matmuls).
+      rtol: relative tolerance of the inner solver; default
+        :func:`default_rtol` (1e-4 in float32, 1e-8 in float64).
+      maxiter: Krylov iteration limit; default :func:`default_maxiter`.
+      rcond: relative cut-off of the dense methods (``"qr"``: on singular
+        values of ``A D^-1/2``, default ``sqrt(max(m, N_p)) eps``;
+        ``"dense"``: on eigenvalues of ``A D^-1 A^T``, default ``eps^(3/4)``).
       precondition: ``system="full"``: the block-diagonal preconditioner
         ``blockdiag(P, s^2 I)`` (P approximates D, s^2 is the Rayleigh
         quotient of the Schur complement along the constraint residual).
-        The Schur-complement methods run unpreconditioned.
+      constraint_rtol: the step succeeds when ``||A dw + c|| <= constraint_rtol ||c||``;
+        default :func:`default_constraint_rtol` (1e-3 in float32, 1e-8 in float64).
+      refine: at most this many correction rounds on the true constraint
+        rows (default 3; 0 turns them off).
+      maxxnorm: the growth bound ``||A|| ||x|| / ||b||`` of the Krylov
+        solvers (stop code 13, reported as ``KKTStatus.MULTIPLIER_BOUND``).
+        Default None: no bound, so legitimate multipliers of any size are
+        found.
 
     Example:
       >>> import kktopt
-      >>> kktopt.KKTSolver() == kktopt.KKTSolver(system="schur", method="minres_qlp")
+      >>> kktopt.KKTSolver() == kktopt.KKTSolver(system="schur", method="auto")
       True
       >>> kktopt.KKTSolver(system="full", method="dense")
       Traceback (most recent call last):
       ...
-      ValueError: KKTSolver(system='full', method='dense') is not available: system='full' has methods 'minres', 'minres_qlp'; 'dense' needs system='schur'.
+      ValueError: KKTSolver(system='full', method='dense') is not available: system='full' has methods 'auto', 'minres', 'minres_qlp', 'projected_cg'; 'dense' needs system='schur'.
+
+    References:
+      N. I. M. Gould, M. E. Hribar and J. Nocedal, "On the solution of
+      equality constrained quadratic programming problems arising in
+      optimization", SIAM J. Sci. Comput. 23(4):1376-1395, 2001 (projected CG,
+      Alg. II, and iterative refinement of the projections, Sec. 3.2).
+      N. J. Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.,
+      Ch. 12 (iterative refinement).
     """
 
     system: Literal["schur", "full"] = eqx.field(static=True, default="schur")
-    method: str = eqx.field(static=True, default="minres_qlp")
+    method: str = eqx.field(static=True, default="auto")
     jacobian: Literal["matrix_free", "per_sample"] = eqx.field(static=True, default="matrix_free")
     rtol: float | jax.Array | None = None
     maxiter: int | None = eqx.field(static=True, default=None)
     rcond: float | None = eqx.field(static=True, default=None)
     precondition: bool = eqx.field(static=True, default=True)
+    constraint_rtol: float | jax.Array | None = None
+    refine: int = eqx.field(static=True, default=3)
+    maxxnorm: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.system not in SYSTEMS:
             raise ValueError(f"KKTSolver.system must be one of {SYSTEMS}, got {self.system!r}.")
-        if (self.system, self.method) not in _METHODS:
+        if self.method != "auto" and (self.system, self.method) not in _METHODS:
             valid = ", ".join(repr(m) for m in methods(self.system))
             others = [s for s in SYSTEMS if (s, self.method) in _METHODS]
             hint = f"; {self.method!r} needs system={others[0]!r}" if others else ""
@@ -167,8 +262,10 @@ class KKTSolver(eqx.Module):
             )
         if self.jacobian not in JACOBIANS:
             raise ValueError(f"KKTSolver.jacobian must be 'matrix_free' or 'per_sample', got {self.jacobian!r}.")
-        if isinstance(self.rtol, (int, float)) and not 0 <= self.rtol < 1:
-            raise ValueError(f"KKTSolver.rtol must be in [0, 1), got {self.rtol}.")
+        for name in ("rtol", "constraint_rtol"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not 0 <= value < 1:
+                raise ValueError(f"KKTSolver.{name} must be in [0, 1), got {value}.")
         if self.maxiter is not None and (
             isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 1
         ):
@@ -177,14 +274,41 @@ class KKTSolver(eqx.Module):
             raise ValueError(f"KKTSolver.rcond must be a number in [0, 1) or None, got {self.rcond!r}.")
         if not isinstance(self.precondition, bool):
             raise ValueError(f"KKTSolver.precondition must be True or False, got {self.precondition!r}.")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise ValueError(f"KKTSolver.refine must be a non-negative integer, got {self.refine!r}.")
+        if self.maxxnorm is not None and (not isinstance(self.maxxnorm, (int, float)) or not self.maxxnorm > 1):
+            raise ValueError(
+                f"KKTSolver.maxxnorm must be None (no bound) or a number > 1, got {self.maxxnorm!r}."
+            )
 
     def tolerance(self, dtype) -> jax.Array:
         """``rtol``, or :func:`default_rtol` of ``dtype``, as an array of that dtype."""
         return jnp.asarray(default_rtol(dtype) if self.rtol is None else self.rtol, dtype)
 
+    def constraint_tolerance(self, dtype) -> jax.Array:
+        """``constraint_rtol``, or :func:`default_constraint_rtol` of ``dtype``, as an array of that dtype."""
+        tol = default_constraint_rtol(dtype) if self.constraint_rtol is None else self.constraint_rtol
+        return jnp.asarray(tol, dtype)
+
+    def growth_bound(self, dtype) -> jax.Array:
+        """``maxxnorm`` as an array (inf when None: no bound)."""
+        return jnp.asarray(jnp.inf if self.maxxnorm is None else self.maxxnorm, dtype)
+
     def iteration_limit(self, m: int) -> int:
         """``maxiter``, or :func:`default_maxiter` of the m constraint rows."""
         return default_maxiter(m) if self.maxiter is None else self.maxiter
+
+    def resolve(self, lin: Linearization, metric: Metric) -> str:
+        """The method this solver runs for ``lin`` and ``metric`` (``"auto"`` resolved)."""
+        if self.method != "auto":
+            return self.method
+        m = lin.c.shape[0]
+        if lin.matrix is not None:
+            num_params = lin.matrix.shape[1]
+        else:
+            num_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(
+                jax.eval_shape(lin.vjp, jax.ShapeDtypeStruct(lin.c.shape, lin.c.dtype))))
+        return auto_method(self.system, m, num_params, metric.inverse_diagonal is not None)
 
     def solve(
         self,
@@ -194,14 +318,74 @@ class KKTSolver(eqx.Module):
         step: PyTree | None = None,
         gradient: PyTree | None = None,
     ) -> KKTSolution:
-        """Solve (*) for the linearisation ``lin`` in the metric ``metric``.
+        """Solve (*) for the linearisation ``lin`` in the metric ``metric``, refine, and judge the step.
 
         Give ``step`` (the unconstrained step u, closest-step form) or
-        ``gradient`` (h).
+        ``gradient`` (h). The returned :class:`KKTSolution` carries the true
+        relative residual of the constraint rows and the step's
+        :class:`~kktopt.krylov.KKTStatus`.
         """
         if (step is None) == (gradient is None):
             raise ValueError("KKTSolver.solve needs exactly one of step= (closest-step form) or gradient=.")
-        return _METHODS[(self.system, self.method)](self, lin, metric, step, gradient)
+        fn = _METHODS[(self.system, self.resolve(lin, metric))]
+        sol = fn(self, lin, metric, step, gradient)
+        return _refine_and_judge(self, fn, lin, metric, sol)
+
+
+def _relative(rnorm, cnorm):
+    # NaN stays NaN (a NaN in c must not read as a perfect step).
+    return jnp.where(cnorm == 0, jnp.zeros_like(rnorm), rnorm / jnp.where(cnorm == 0, 1, cnorm))
+
+
+def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: Metric, sol: KKTSolution):
+    """Correction rounds on the true rows ``r = c + A dw``, then the step's status."""
+    c = lin.c
+    dtype = c.dtype
+    cnorm = jnp.linalg.norm(c)
+    tol = cfg.constraint_tolerance(dtype)
+    r = c + lin.jvp(sol.step)
+    rnorm = jnp.linalg.norm(r)
+
+    if cfg.refine > 0:
+        zeros = _tree.tree_zeros_like(sol.step)
+
+        def incompatible(istop):  # the constraints cannot be met: no round can help
+            return kkt_status(False, True, True, istop) == KKTStatus.INCOMPATIBLE
+
+        def cond(carry):
+            k, _, _, _, rn, _, istop, progress = carry
+            return (k < cfg.refine) & (rn > tol * cnorm) & jnp.isfinite(rn) & progress & ~incompatible(istop)
+
+        def body(carry):
+            k, dw, lam, r, rn, its, _, _ = carry
+            # The correction's own row target, relative to ||r||: tol ||c|| / ||r||.
+            sub = eqx.tree_at(lambda s: s.constraint_rtol, cfg, tol * cnorm / jnp.where(rn > 0, rn, 1),
+                              is_leaf=lambda x: x is None)
+            corr = fn(sub, lin._replace(c=r), metric, zeros, None)
+            dw_new = _tree.tree_lincomb((1.0, dw), (1.0, corr.step))
+            r_new = c + lin.jvp(dw_new)
+            rn_new = jnp.linalg.norm(r_new)
+            better = rn_new < rn
+            # Keep the better iterate; stop when a round no longer halves the residual.
+            dw = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), dw_new, dw)
+            lam = jnp.where(better, lam + corr.multipliers, lam)
+            r = jnp.where(better, r_new, r)
+            progress = rn_new < 0.5 * rn
+            rn = jnp.where(better, rn_new, rn)
+            return (k + 1, dw, lam, r, rn, its + corr.info.iterations, corr.info.istop, progress)
+
+        init = (jnp.zeros((), jnp.int32), sol.step, sol.multipliers, r, rnorm, sol.info.iterations,
+                sol.info.istop, jnp.ones((), bool))
+        k, dw, lam, r, rnorm, its, istop, _ = jax.lax.while_loop(cond, body, init)
+        info = sol.info._replace(iterations=its.astype(jnp.int32), istop=istop.astype(jnp.int32))
+        sol = sol._replace(step=dw, multipliers=lam, info=info)
+        rounds = k
+    else:
+        rounds = jnp.zeros((), jnp.int32)
+    residual = _relative(rnorm, cnorm).astype(dtype)
+    finite = jnp.isfinite(cnorm) & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(sol.multipliers))
+    status = kkt_status(rnorm <= tol * cnorm, cnorm > 0, finite, sol.info.istop)
+    return sol._replace(residual=residual, status=status, refinements=rounds)
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ class Stop(enum.IntEnum):
 
     Codes 1-15 follow the numbering of the MINRES-QLP reference software of
     Choi and Saunders (ACM TOMS Algorithm 937), so logs can be compared with
-    it; 16-18 are kktopt's own. Codes 1-8 are successes: ``x`` is a
+    it; 16-20 are kktopt's own. Codes 1-8 are successes: ``x`` is a
     solution or a least-squares solution to the requested tolerance.
     """
 
@@ -55,6 +55,12 @@ class Stop(enum.IntEnum):
     INCOMPATIBLE = 18
     """CG only: numerically zero curvature, or ||x|| growing past maxxnorm, before the
     residual converged: A is singular and b does not lie in its range."""
+    NONFINITE_INPUT = 19
+    """A hard step's inputs are not finite: NaN or Inf in the constraint values, in the
+    incoming step, or in the gradient (for Gauss-Newton: in the residuals). The step is NaN."""
+    ACTIVE_SET_LIMIT = 20
+    """``inequality_rounds`` active-set rounds ran out before the active set settled: some
+    linearised inequality may still be violated (or a multiplier negative)."""
 
 
 _MESSAGES = {
@@ -77,6 +83,8 @@ _MESSAGES = {
     Stop.NONFINITE: "NaN or Inf in b or in the output of the operator or preconditioner; x is the last finite iterate",
     Stop.INDEFINITE_A: "CG met a direction of non-positive curvature: A is not positive definite; use minres_qlp",
     Stop.INCOMPATIBLE: "CG broke down on a singular, incompatible system (numerically zero curvature p'Ap, or ||x|| past maxxnorm, while the residual had not converged): b is not in the range of A; x is the last iterate before the breakdown; use minres_qlp (minimum-length least-squares solution) or lsmr",
+    Stop.NONFINITE_INPUT: "NaN or Inf in the inputs of the hard step (constraint_fn's values, the incoming updates, or the residuals/gradient), before any solve: the step is NaN so that it cannot pass for a projected one; check constraint_fn and the data at these parameters (a norm or sqrt at 0, a log of a non-positive value, a diverged run), lower the learning rate, or chain optax.zero_nans() after the hard transform to skip such steps",
+    Stop.ACTIVE_SET_LIMIT: "the inequality active-set rounds ran out before the active set settled: some linearised inequality may still be violated; raise inequality_rounds",
 }
 
 
@@ -86,6 +94,112 @@ def stop_message(istop: int) -> str:
 
 
 SUCCESS_CODES = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+class KKTStatus(enum.IntEnum):
+    """Whether a KKT step meets its linearised constraint rows (``KKTInfo.status``).
+
+    The verdict on the step itself, measured after the solve (and its
+    refinement rounds) on the true rows ``r = c + A dw``: success means
+    ``||r|| <= tol ||c||``, ``tol`` the constraint tolerance of the
+    :class:`kktopt.KKTSolver`. The inner solver's :class:`Stop` code only says
+    why its iteration ended; a failure is classified by it.
+    """
+
+    SOLVED = 0
+    """``||A dw + c|| <= tol ||c||``: the step meets the linearised constraints."""
+    NO_ACTIVE = 1
+    """No active constraint (``c = 0``): the step is the unconstrained one."""
+    NOT_CONVERGED = 2
+    """The inner solver reached its iteration limit before the rows were met."""
+    INCOMPATIBLE = 3
+    """The linearised constraints are contradictory or rank-deficient with ``c`` outside the range of A."""
+    MULTIPLIER_BOUND = 4
+    """The inner solver stopped at its growth bound ``maxxnorm`` before the rows were met."""
+    ACCURACY_LIMIT = 5
+    """The rows were not met and refinement stopped making progress (conditioning at the dtype's limit)."""
+    NONFINITE = 6
+    """NaN or Inf in the constraint values, the Jacobian products or the step."""
+    UNCHECKED = 7
+    """The residual was not measured (``check_constraints=False``); nothing is claimed."""
+
+
+_KKT_MESSAGES = {
+    KKTStatus.SOLVED: "the step meets the linearised constraints: ||A dw + c|| <= tol ||c||",
+    KKTStatus.NO_ACTIVE: "no active constraint: the step is the unconstrained one",
+    KKTStatus.NOT_CONVERGED: (
+        "the inner solver reached its iteration limit before the linearised constraint rows were met: "
+        "raise KKTSolver(maxiter=..., refine=...), or use method='qr' (dense, per-sample Jacobian) for small m"
+    ),
+    KKTStatus.INCOMPATIBLE: (
+        "the linearised constraints are contradictory or redundant with c outside the range of A: the step "
+        "is the minimum-norm least-squares one and cannot meet them; remove contradictory or duplicated "
+        "constraints"
+    ),
+    KKTStatus.MULTIPLIER_BOUND: (
+        "the inner solver stopped at its growth bound ||A|| ||x|| / ||b|| >= maxxnorm before the rows were "
+        "met (very large multipliers, or an incompatible system): raise KKTSolver(maxxnorm=...) (None: no bound)"
+    ),
+    KKTStatus.ACCURACY_LIMIT: (
+        "the linearised constraint rows were not met and refinement stopped making progress: A (in the "
+        "metric) is too ill-conditioned for this dtype and method; use method='qr' or 'lsmr' (conditioning "
+        "cond(A), not cond(A)^2), float64, or loosen KKTSolver(constraint_rtol=...)"
+    ),
+    KKTStatus.NONFINITE: (
+        "NaN or Inf in the constraint values, the Jacobian products or the step: check constraint_fn at the "
+        "current parameters (e.g. a norm at 0) and the learning rate"
+    ),
+    KKTStatus.UNCHECKED: "the linearised residual was not measured (check_constraints=False); nothing is claimed",
+}
+
+KKT_SUCCESS_CODES = (KKTStatus.SOLVED, KKTStatus.NO_ACTIVE)
+
+# A KKT Schur complement A D^-1 A^T is positive semidefinite by construction, so
+# CG's non-positive curvature (17) there means a singular one, like 15 and 18.
+_INCOMPATIBLE_STOPS = (
+    Stop.LEAST_SQUARES_RTOL, Stop.LEAST_SQUARES_EPS, Stop.SINGULAR, Stop.INDEFINITE_A, Stop.INCOMPATIBLE,
+)
+
+
+def kkt_status_message(code: int) -> str:
+    """Human-readable meaning of a :class:`KKTStatus` code, with what to try when it is a failure."""
+    return _KKT_MESSAGES.get(int(code), f"unknown KKT status {int(code)}")
+
+
+def kkt_success(code) -> jax.Array:
+    """True where a :class:`KKTStatus` code is a success (``SOLVED`` or ``NO_ACTIVE``)."""
+    code = jnp.asarray(code)
+    return (code == KKTStatus.SOLVED) | (code == KKTStatus.NO_ACTIVE)
+
+
+def kkt_status(met, active, finite, istop) -> jax.Array:
+    """The :class:`KKTStatus` of a step (jit-able).
+
+    Args:
+      met: ``||A dw + c|| <= tol ||c||`` on the true rows.
+      active: ``||c|| > 0``.
+      finite: the constraint values, the residual and the step are finite.
+      istop: the inner solver's :class:`Stop` code of its last solve.
+    """
+    istop = jnp.asarray(istop)
+    incompatible = jnp.zeros((), bool)
+    for code in _INCOMPATIBLE_STOPS:
+        incompatible = incompatible | (istop == code)
+    failure = jnp.where(
+        istop == Stop.MAXITER,
+        KKTStatus.NOT_CONVERGED,
+        jnp.where(
+            istop == Stop.XNORM_LIMIT,
+            KKTStatus.MULTIPLIER_BOUND,
+            jnp.where(incompatible, KKTStatus.INCOMPATIBLE, KKTStatus.ACCURACY_LIMIT),
+        ),
+    )
+    out = jnp.where(
+        ~finite,
+        KKTStatus.NONFINITE,
+        jnp.where(~active, KKTStatus.NO_ACTIVE, jnp.where(met, KKTStatus.SOLVED, failure)),
+    )
+    return out.astype(jnp.int32)
 
 
 class SolverInfo(NamedTuple):

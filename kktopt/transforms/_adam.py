@@ -47,6 +47,7 @@ def scale_by_adam_kkt(
     solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    inequality_rounds: int = 1,
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
     jacobian: str | None = None,
@@ -78,7 +79,7 @@ def scale_by_adam_kkt(
         :func:`kktopt.project_kkt`).
       learning_rate: a float or an optax schedule.
       b1, b2, eps, eps_root: Adam's parameters, as in ``optax.adam``.
-      solver, active, inequality, memory, check_constraints, jacobian, alpha:
+      solver, active, inequality, inequality_rounds, memory, check_constraints, jacobian, alpha:
         as in :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
 
     Returns:
@@ -98,7 +99,8 @@ def scale_by_adam_kkt(
       Marquez-Neila, Salzmann and Fua (2017), Eq. 10-12. Kingma and Ba (2015).
     """
     options = _pipeline.hard_options(
-        "scale_by_adam_kkt", solver=solver, active=active, inequality=inequality, memory=memory,
+        "scale_by_adam_kkt", solver=solver, active=active, inequality=inequality,
+        inequality_rounds=inequality_rounds, memory=memory,
         check_constraints=check_constraints, jacobian=jacobian, alpha=alpha,
     )
     adam = optax.chain(

@@ -31,6 +31,7 @@ def hard_sgd(
     solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    inequality_rounds: int = 1,
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
     alpha: float | jax.Array = 1.0,
@@ -40,7 +41,7 @@ def hard_sgd(
     Args:
       learning_rate: a float or an optax schedule.
       constraint_fn: ``(params, constraint_batch) -> Array``.
-      solver, active, inequality, memory, check_constraints, alpha: as in
+      solver, active, inequality, inequality_rounds, memory, check_constraints, alpha: as in
         :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
 
     Returns:
@@ -63,7 +64,8 @@ def hard_sgd(
     return optax.chain(
         optax.sgd(learning_rate),
         project_kkt(
-            constraint_fn, solver=solver, active=active, inequality=inequality, memory=memory,
+            constraint_fn, solver=solver, active=active, inequality=inequality,
+            inequality_rounds=inequality_rounds, memory=memory,
             check_constraints=check_constraints, alpha=alpha,
         ),
     )
@@ -80,6 +82,7 @@ def hard_adam(
     solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    inequality_rounds: int = 1,
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
     jacobian: str | None = None,
@@ -91,7 +94,7 @@ def hard_adam(
       learning_rate: a float or an optax schedule.
       constraint_fn: ``(params, constraint_batch) -> Array``.
       b1, b2, eps, eps_root: Adam's parameters, as in ``optax.adam``.
-      solver, active, inequality, memory, check_constraints, alpha: as in
+      solver, active, inequality, inequality_rounds, memory, check_constraints, alpha: as in
         :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
       jacobian: deprecated, use ``solver=kktopt.KKTSolver(jacobian=...)``.
 
@@ -114,6 +117,6 @@ def hard_adam(
     """
     return scale_by_adam_kkt(
         constraint_fn, learning_rate, b1, b2, eps, eps_root, solver=solver, active=active,
-        inequality=inequality, memory=memory, check_constraints=check_constraints, jacobian=jacobian,
-        alpha=alpha,
+        inequality=inequality, inequality_rounds=inequality_rounds, memory=memory,
+        check_constraints=check_constraints, jacobian=jacobian, alpha=alpha,
     )

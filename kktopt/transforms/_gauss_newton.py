@@ -65,6 +65,7 @@ def gauss_newton_kkt(
     solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    inequality_rounds: int = 1,
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
     jacobian: str | None = None,
@@ -95,7 +96,7 @@ def gauss_newton_kkt(
       solver: a :class:`kktopt.KKTSolver` with ``system="full"`` (default
         ``KKTSolver(system="full")``, MINRES-QLP); the Schur complement would
         need ``(J^T J + eta I)^-1``.
-      active, inequality, memory, check_constraints, jacobian, alpha: as in
+      active, inequality, inequality_rounds, memory, check_constraints, jacobian, alpha: as in
         :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
 
     Returns:
@@ -116,7 +117,8 @@ def gauss_newton_kkt(
       Marquez-Neila, Salzmann and Fua (2017), Eq. 6 and Algorithm 2.
     """
     options = _pipeline.hard_options(
-        "gauss_newton_kkt", solver=solver, active=active, inequality=inequality, memory=memory,
+        "gauss_newton_kkt", solver=solver, active=active, inequality=inequality,
+        inequality_rounds=inequality_rounds, memory=memory,
         check_constraints=check_constraints, jacobian=jacobian, default=KKTSolver(system="full"),
         systems=("full",), why="the Schur complement would need (J^T J + eta I)^-1", alpha=alpha,
     )

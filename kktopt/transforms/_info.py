@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from kktopt.kkt import KKTSolution, Linearization
 from kktopt.krylov import SolverInfo
+from kktopt.krylov._info import KKTStatus, kkt_status_message, kkt_success
 
 PyTree = Any
 
@@ -24,7 +25,13 @@ class KKTInfo(NamedTuple):
       violation_max: ``max |c|`` over the active constraints, before the step.
       linearized_residual: ``||A dw + c|| / ||c||`` after the solve, how well
         the step meets the linearised constraints (0 when none is active;
-        -1 when the transform was built with ``check_constraints=False``).
+        -1 when the transform was built with ``check_constraints=False``;
+        NaN when the constraint values or the step are not finite).
+      status: the :class:`~kktopt.krylov.KKTStatus` of the step (int32): a
+        success (0 ``SOLVED``, 1 ``NO_ACTIVE``) only when
+        ``||A dw + c|| <= constraint_rtol ||c||``; otherwise a failure code,
+        explained by :func:`kktopt.kkt_status_message`.
+      refinements: correction rounds run on the constraint rows (int32).
     """
 
     solver: SolverInfo
@@ -32,28 +39,54 @@ class KKTInfo(NamedTuple):
     violation_norm: jax.Array
     violation_max: jax.Array
     linearized_residual: jax.Array
+    status: jax.Array = None
+    refinements: jax.Array = None
 
     @classmethod
     def empty(cls, dtype) -> "KKTInfo":
         f = jnp.zeros((), dtype)
-        return cls(SolverInfo.empty(dtype), jnp.zeros((), jnp.int32), f, f, f)
+        i = jnp.zeros((), jnp.int32)
+        return cls(SolverInfo.empty(dtype), i, f, f, f, jnp.full((), KKTStatus.NO_ACTIVE, jnp.int32), i)
+
+    @property
+    def success(self) -> jax.Array:
+        """True where ``status`` is a success code (the step meets its linearised constraints)."""
+        return kkt_success(self.status)
+
+    def describe(self) -> str:
+        """A one-line summary (call outside jit, on concrete values)."""
+        code = int(self.status)
+        return (
+            f"status={code} ({kkt_status_message(code)}); ||A dw + c|| / ||c|| = "
+            f"{float(self.linearized_residual):.3e} on {int(self.num_active)} active rows "
+            f"(||c|| = {float(self.violation_norm):.3e}) after {int(self.refinements)} refinement round(s); "
+            f"inner solver: {self.solver.describe()}"
+        )
 
     @classmethod
     def of(cls, lin: Linearization, sol: KKTSolution, check_constraints: bool) -> "KKTInfo":
         """The diagnostics of the solve ``sol`` of the linearisation ``lin``."""
         c = lin.c
         cnorm = jnp.linalg.norm(c)
-        if check_constraints:
-            res = jnp.linalg.norm(lin.jvp(sol.step) + c)
-            lin_res = jnp.where(cnorm > 0, res / jnp.where(cnorm > 0, cnorm, 1), 0)
+        if sol.residual is not None:
+            lin_res = sol.residual
         else:
+            res = jnp.linalg.norm(lin.jvp(sol.step) + c)
+            lin_res = jnp.where(cnorm == 0, 0, res / jnp.where(cnorm == 0, 1, cnorm))
+        status = sol.status
+        if status is None:
+            status = jnp.full((), KKTStatus.UNCHECKED, jnp.int32)
+        if not check_constraints:
             lin_res = jnp.full((), -1, c.dtype)
+        refinements = jnp.zeros((), jnp.int32) if sol.refinements is None else sol.refinements
         return cls(
             solver=sol.info,
             num_active=lin.num_active,
             violation_norm=cnorm,
             violation_max=jnp.max(jnp.abs(c), initial=0),
-            linearized_residual=lin_res.astype(c.dtype),
+            linearized_residual=jnp.asarray(lin_res).astype(c.dtype),
+            status=status,
+            refinements=refinements,
         )
 
 

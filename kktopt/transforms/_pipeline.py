@@ -26,6 +26,8 @@ import optax
 from kktopt import _tree
 from kktopt.active import AllSamples, Selector
 from kktopt.kkt import KKTSolver, Metric, euclidean_metric, linearize_constraints
+from kktopt.kkt._linearize import as_array_fn
+from kktopt.krylov import Stop
 from kktopt.memory import MultiplierMemory
 from kktopt.transforms._info import KKTInfo
 
@@ -72,6 +74,7 @@ class HardOptions(NamedTuple):
     memory: MultiplierMemory | None
     check_constraints: bool
     alpha: Any = 1.0
+    inequality_rounds: int = 1
 
 
 def hard_options(
@@ -87,6 +90,7 @@ def hard_options(
     systems: tuple[str, ...] = ("schur", "full"),
     why: str = "",
     alpha: float | jax.Array = 1.0,
+    inequality_rounds: int = 1,
 ) -> HardOptions:
     """Check the shared keyword arguments of the transform ``owner``; raise a clear error on bad input."""
     if solver is None:
@@ -122,8 +126,128 @@ def hard_options(
             f"use active=kktopt.active.working_set(...)), got {type(memory).__name__}."
         )
     return HardOptions(
-        solver, active, bool(inequality), memory, bool(check_constraints), check_alpha(owner, alpha)
+        solver, active, bool(inequality), memory, bool(check_constraints), check_alpha(owner, alpha),
+        check_rounds(owner, inequality_rounds, inequality),
     )
+
+
+def check_rounds(owner: str, rounds, inequality) -> int:
+    """``inequality_rounds``: an integer >= 1, above 1 only with ``inequality=True``.
+
+    ``optax.inject_hyperparams`` turns it into a JAX integer; a concrete one
+    is read back as a Python int, a traced one (inside ``jit``) is kept and
+    bounds the rounds at run time.
+    """
+    if hasattr(rounds, "dtype") and jnp.ndim(rounds) == 0 and jnp.issubdtype(rounds.dtype, jnp.integer):
+        try:
+            rounds = int(rounds)
+        except jax.errors.ConcretizationTypeError:
+            return rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(
+            f"{owner}: inequality_rounds must be a Python integer >= 1 (1: project onto the rows "
+            f"violated before the step; k: up to k - 1 more active-set rounds), got {rounds!r}."
+        )
+    if rounds > 1 and not inequality:
+        raise ValueError(
+            f"{owner}: inequality_rounds={rounds} needs inequality=True (equality constraints "
+            "have no active set to refine)."
+        )
+    return rounds
+
+
+def _active_set_rounds(options: HardOptions, lin, metric, step, gradient, sol):
+    """Rounds 2..k of ``inequality_rounds``: a primal-dual active-set method on one linearisation.
+
+    For ``min ||dw - u||_D  s.t.  A dw <= -c`` (Eq. 5/6/12 with inequality
+    rows), round 1 solves with the rows violated before the step as
+    equalities. Each further round adds the inactive rows the step violates
+    (``c_i + a_i dw`` above ``rtol * max|c|``) and drops the active rows with
+    a negative multiplier (those the step would rather satisfy strictly),
+    then solves again on the same linearisation: one JVP of every row and
+    one KKT solve per round, no forward pass. The rounds stop early once the
+    set no longer changes; the step then satisfies the KKT conditions of the
+    linearised inequality QP (feasible rows, multipliers >= 0,
+    complementarity). Returns ``(target, sol, settled)``.
+
+    References:
+      Hintermueller, Ito and Kunisch (2002), "The primal-dual active set
+      strategy as a semismooth Newton method", SIAM J. Optim. 13(3).
+      Nocedal and Wright (2006), Numerical Optimization, Sec. 16.5.
+    """
+    values = lin.values.reshape(-1)
+    goal = values if _is_one(options.alpha) else jnp.asarray(options.alpha, values.dtype) * values
+    scale = jnp.max(jnp.where(lin.rows > 0, jnp.abs(goal), 0), initial=0)
+    tol = options.solver.tolerance(values.dtype) * scale
+
+    def next_mask(mask, sol):
+        after = goal + lin.full_jvp(sol.step)  # every linearised row after the step
+        add = (mask == 0) & (lin.rows > 0) & (after > tol)
+        drop = (mask > 0) & (sol.multipliers < 0)
+        return jnp.where(add, 1, jnp.where(drop, 0, mask)).astype(mask.dtype)
+
+    def cond(carry):
+        k, mask, _, upcoming = carry
+        return (k < options.inequality_rounds) & jnp.any(upcoming != mask)
+
+    def body(carry):
+        k, _, _, mask = carry
+        new = options.solver.solve(_scaled(lin.restrict(mask), options.alpha), metric, step=step, gradient=gradient)
+        return k + 1, mask, new, next_mask(mask, new)
+
+    carry = (jnp.ones((), jnp.int32), lin.mask, sol, next_mask(lin.mask, sol))
+    _, mask, sol, upcoming = jax.lax.while_loop(cond, body, carry)
+    return _scaled(lin.restrict(mask), options.alpha), sol, jnp.all(upcoming == mask)
+
+
+def _is_one(alpha) -> bool:
+    return isinstance(alpha, (int, float)) and alpha == 1
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _with_status(info: KKTInfo, flag: jax.Array, code: int, residual=None) -> KKTInfo:
+    """``info`` with stop code ``code`` where ``flag`` holds (and the residual replaced, if given)."""
+    istop = jnp.where(flag, jnp.asarray(code, info.solver.istop.dtype), info.solver.istop)
+    info = info._replace(solver=info.solver._replace(istop=istop))
+    if hasattr(info, "status"):
+        info = info._replace(status=jnp.where(flag, jnp.asarray(code, info.status.dtype), info.status))
+    if residual is not None:
+        res = info.linearized_residual
+        info = info._replace(linearized_residual=jnp.where(flag, jnp.asarray(residual, res.dtype), res))
+    return info
+
+
+def _reject_masked_nodes(owner: str, params) -> None:
+    def is_masked(x):
+        return isinstance(x, optax.MaskedNode)
+
+    if any(is_masked(x) for x in jax.tree_util.tree_leaves(params, is_leaf=is_masked)):
+        raise ValueError(
+            f"{owner} received parameters with optax.MaskedNode leaves: inside optax.masked or "
+            "optax.multi_transform its constraint_fn cannot see the frozen parameters, so the "
+            "constraints cannot be evaluated. Freeze parameters by splitting them instead: "
+            "trainable, frozen = eqx.partition(params, mask) and a constraint_fn that closes over "
+            "the frozen part, cfn = lambda p, x: constraint_fn(eqx.combine(p, frozen), x); "
+            "train only `trainable` with the hard transform (see the kktopt.project_kkt docs)."
+        )
+
+
+def _reject_inexact(owner: str, updates, params) -> None:
+    for name, tree in (("params", params), ("updates", updates)):
+        for leaf in jax.tree_util.tree_leaves(tree):
+            dtype = jnp.result_type(leaf)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(
+                    f"{owner}: {name} contains a leaf of dtype {dtype} (integer or float0 leaves, "
+                    "e.g. from jax.grad(..., allow_int=True)): the KKT step is defined on "
+                    "floating-point parameters only. Split the model with "
+                    "trainable, static = eqx.partition(model, eqx.is_inexact_array), train "
+                    "`trainable` and close over `static` in constraint_fn."
+                )
 
 
 def check_alpha(owner: str, alpha):
@@ -213,7 +337,19 @@ def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Proble
         )
     target = _scaled(lin, options.alpha)  # A dw = -alpha c (feedback gain; Eq. 5 when alpha = 1)
     sol = options.solver.solve(target, problem.metric, step=step, gradient=gradient)
+    settled = None
+    rounds = options.inequality_rounds
+    if options.inequality and not (isinstance(rounds, int) and rounds == 1):
+        target, sol, settled = _active_set_rounds(options, lin, problem.metric, step, gradient, sol)
     info = KKTInfo.of(target, sol, options.check_constraints)
+    if settled is not None:
+        info = _with_status(info, ~settled, Stop.ACTIVE_SET_LIMIT)
+    # Non-finite inputs: a NaN step and a NaN residual with their own code, never a
+    # step that reads as projected (padding rows of weight 0 do not count).
+    finite = lin.finite & _all_finite(step if step is not None else gradient)
+    info = _with_status(info, ~finite, Stop.NONFINITE_INPUT, residual=jnp.nan)
+    sol = sol._replace(step=jax.tree_util.tree_map(lambda x: jnp.where(finite, x, jnp.nan), sol.step))
+    memory_before = memory_state
     if target is not lin:  # the violation itself, not the share of it this step removes
         info = info._replace(violation_norm=jnp.linalg.norm(lin.c), violation_max=jnp.max(jnp.abs(lin.c), initial=0))
     if memory is not None:
@@ -223,6 +359,7 @@ def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Proble
         memory_state = memory.update(
             memory_state, indices, sol.multipliers.reshape(lin.shape), selector.sample_mask(active_state)
         )
+        memory_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), memory_state, memory_before)
     return sol.step, sol.multipliers, info, active_state, memory_state
 
 
@@ -254,7 +391,11 @@ def hard_transform(
       the incoming updates; in gradient form those of the parameters.
     """
 
+    constraint_fn = as_array_fn(constraint_fn)
+
     def init_fn(params):
+        _reject_masked_nodes(owner, params)
+        _reject_inexact(owner, None, params)
         return state_type(
             count=jnp.zeros((), jnp.int32),
             info=KKTInfo.empty(_tree.params_dtype(params)),
@@ -265,6 +406,8 @@ def hard_transform(
 
     def update_fn(updates, state, params=None, *, constraint_batch=MISSING, **extra_args):
         _require(owner, params, constraint_batch, usage)
+        _reject_masked_nodes(owner, params)
+        _reject_inexact(owner, updates, params)
         prob = problem(updates, state, params, extra_args)
         if prob.finish is not None:
             finish = prob.finish

@@ -39,6 +39,7 @@ def project_kkt(
     solver: KKTSolver | None = None,
     active: Selector | None = None,
     inequality: bool = False,
+    inequality_rounds: int = 1,
     memory: MultiplierMemory | None = None,
     check_constraints: bool = True,
     jacobian: str | None = None,
@@ -59,6 +60,20 @@ def project_kkt(
     nearly dependent rows of A) the step is the minimum-norm least-squares
     one. With no active constraint the incoming step is returned unchanged.
 
+    Non-finite inputs (NaN or Inf in the constraint values or the incoming
+    step) give a NaN step, a NaN ``linearized_residual`` and the stop code
+    ``Stop.NONFINITE_INPUT`` (19), never a step that reads as projected;
+    ``optax.chain(tx, optax.zero_nans())`` skips such steps (a zero update).
+
+    Freezing parameters: ``optax.masked`` and ``optax.multi_transform`` hide
+    the frozen leaves from ``constraint_fn`` (it would see
+    ``optax.MaskedNode``; that is rejected with an error). Split the
+    parameters instead, ``trainable, frozen = eqx.partition(params, mask)``,
+    give the transform ``trainable`` and close over the rest:
+    ``lambda p, x: constraint_fn(eqx.combine(p, frozen), x)``. Integer
+    leaves (and float0 gradients) are rejected the same way: partition with
+    ``eqx.is_inexact_array``.
+
     Args:
       constraint_fn: ``(params, constraint_batch) -> Array`` of constraint
         values (every entry one constraint ``C_jk``; equality means 0). With
@@ -73,8 +88,19 @@ def project_kkt(
         step: ``kktopt.active.random_samples(k)``,
         ``kktopt.active.mined_samples(k)`` (Eq. 9),
         ``kktopt.active.working_set(...)``; default all of them.
-      inequality: treat the constraints as ``C <= 0``; satisfied ones are
-        inactive.
+      inequality: treat the constraints as ``C <= 0``. The step is projected
+        onto the rows violated before the step (``C > 0``) as equalities;
+        rows satisfied before the step are inactive and the step may
+        violate them (at large learning rates many of them) unless
+        ``inequality_rounds > 1``.
+      inequality_rounds: a static integer >= 1 (with ``inequality=True``).
+        1: one solve on the rows violated before the step (Sec. 4.4).
+        k > 1: up to k - 1 more primal-dual active-set rounds on the same
+        linearisation (no new forward pass; one JVP and one KKT solve
+        each): rows the step violates join, rows with a negative
+        multiplier leave, until the step solves the linearised inequality
+        QP ``min ||dw - u||_D s.t. A dw <= -c``. If the set has not settled
+        after k rounds the stop code is ``Stop.ACTIVE_SET_LIMIT`` (20).
       memory: ``kktopt.memory.multiplier_memory(...)``: remembered pool
         samples whose stored multipliers keep pulling the step after they
         leave the active set (see :mod:`kktopt.memory`).
@@ -108,7 +134,8 @@ def project_kkt(
       optimisers (arXiv 2510.19634), a damped pull ``gamma c``.
     """
     options = _pipeline.hard_options(
-        "project_kkt", solver=solver, active=active, inequality=inequality, memory=memory,
+        "project_kkt", solver=solver, active=active, inequality=inequality,
+        inequality_rounds=inequality_rounds, memory=memory,
         check_constraints=check_constraints, jacobian=jacobian, alpha=alpha,
     )
     metric = euclidean_metric()

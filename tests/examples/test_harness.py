@@ -91,12 +91,13 @@ def test_solver_choice_defaults_and_spellings():
     assert (full.method, full.jacobian) == ("minres_qlp", "matrix_free")
     schur = harness.solver_choice("schur", rcond=1e-3)
     assert (schur.method, schur.jacobian, schur.label()) == ("dense", "per_sample", "schur/dense/per_sample")
-    solver, jacobian = harness.solver_choice("full", "minres", maxiter=7, rtol=1e-5).build()
-    assert isinstance(solver, kktopt.KrylovKKT) and solver.method == "minres" and solver.maxiter == 7
-    assert jacobian == "matrix_free"
-    solver, jacobian = schur.build()
-    assert isinstance(solver, kktopt.SchurKKT) and solver.method == "dense" and solver.rcond == 1e-3
-    assert jacobian == "per_sample"
+    solver = harness.solver_choice("full", "minres", maxiter=7, rtol=1e-5).build()
+    assert isinstance(solver, kktopt.KKTSolver)
+    assert (solver.system, solver.method, solver.jacobian) == ("full", "minres", "matrix_free")
+    assert solver.maxiter == 7 and solver.rtol == 1e-5
+    solver = schur.build()
+    assert (solver.system, solver.method, solver.jacobian) == ("schur", "dense", "per_sample")
+    assert solver.rcond == 1e-3
     with pytest.raises(ValueError, match="system='schur'"):
         harness.solver_choice("full", "cg")
     with pytest.raises(ValueError, match="jacobian"):
@@ -120,3 +121,47 @@ def test_progress_bar_counts_from_a_resumed_step(capsys):
     with harness.progress(4, desc="quiet", enabled=False) as bar:
         bar.update()
     assert "quiet" not in capsys.readouterr().err
+
+
+def test_solve_record_and_summary_against_numpy():
+    """What each hard step achieved, and its distribution, as the experiments record them."""
+    cfn = lambda w, _: jnp.stack([w[0] + w[1] - 1.0, w[0] - w[1]])  # noqa: E731
+    tx = optax.chain(optax.sgd(0.1), kktopt.project_kkt(cfn))
+    w = jnp.array([0.3, -0.2])
+    _, state = tx.update(jnp.ones(2), tx.init(w), w, constraint_batch=None)
+    info = kktopt.get_kkt_info(state)
+    rec = harness.solve_record(info)
+    assert set(rec) >= set(harness.SOLVE_KEYS)
+    assert float(rec["linearized_residual"]) == float(info.linearized_residual)
+    assert int(rec["istop"]) == int(info.solver.istop)
+    assert ("status" in rec) == (getattr(info, "status", None) is not None)
+    # A KKTInfo with a status code (newer kktopt) adds it; one without leaves it out.
+    with_status = type("Info", (), {"linearized_residual": 0.1, "violation_norm": 2.0, "status": 3,
+                                    "solver": info.solver})()
+    assert harness.solve_record(with_status)["status"] == 3
+    without = type("Info", (), {"linearized_residual": 0.1, "violation_norm": 2.0, "solver": info.solver})()
+    assert "status" not in harness.solve_record(without)
+
+    rng = np.random.default_rng(0)
+    res = rng.lognormal(-10, 2, 37)
+    norms = rng.uniform(0.5, 2.0, 37)
+    its = rng.integers(1, 50, 37)
+    codes = rng.choice([4, 4, 4, 9, 6], 37)
+    steps = [{"linearized_residual": a, "violation_norm": b, "iterations": c, "istop": d, "loss": 0.0}
+             for a, b, c, d in zip(res, norms, its, codes)]
+    s = harness.summarise_solves(steps)
+    assert s == harness.summarise_solves({k: [x[k] for x in steps] for k in steps[0]})
+    assert s["steps"] == 37
+    assert s["linearized_residual_median"] == pytest.approx(np.median(res))
+    assert s["linearized_residual_p90"] == pytest.approx(np.percentile(res, 90))
+    assert s["linearized_residual_max"] == res.max()
+    assert s["residual_norm_median"] == pytest.approx(np.median(res * norms))
+    assert s["iterations_median"] == np.median(its) and s["iterations_max"] == its.max()
+    assert s["istop_counts"] == {str(c): int(np.sum(codes == c)) for c in sorted(set(codes.tolist()))}
+    success = set(kktopt.krylov.SUCCESS_CODES)
+    assert s["success_fraction"] == pytest.approx(np.mean([c in success for c in codes]))
+    assert harness.summarise_solves([]) == {}
+    # A diverged run: non-finite statistics, written as null.
+    bad = harness.summarise_solves({"linearized_residual": [1e-9, float("nan")], "iterations": [1, 2],
+                                    "istop": [4, 4]})
+    assert harness.to_json(bad)["linearized_residual_max"] is None

@@ -162,26 +162,102 @@ def test_optimisers_inject_their_hyperparameters(tiny_problem, method):
     assert has_kkt == (method in HARD_METHODS)
 
 
-def test_schur_solver_with_multiplier_memory(tiny_problem):
-    """The exact Schur solve meets the linearised constraints; the memory stores multipliers."""
-    params, problem, images, joints = tiny_problem
-    method = "hard-sgd"
-    memory = kktopt.memory.multiplier_memory(8, images)
-    tx = pose.make_optimizer(method, problem, constraints="mined", lr=1e-6, mined=2,
-                             solver=kktopt.SchurKKT("dense"), memory=memory)
-    step = jax.jit(pose.make_step(method, problem, tx, constraints="mined", mined=2))
-    state = tx.init(params)
-    new_params, state, stats = step(params, state, (images, joints), images, jnp.float32(0))
-    assert int(stats["num_active"]) == 2 * 6
-    assert float(stats["linearized_residual"]) < 1e-3
-    mem = [x for x in jax.tree_util.tree_leaves(
+def _memory_state(state):
+    found = [x for x in jax.tree_util.tree_leaves(
         state, is_leaf=lambda x: isinstance(x, kktopt.memory.MultiplierMemoryState))
         if isinstance(x, kktopt.memory.MultiplierMemoryState)]
-    assert len(mem) == 1 and int(jnp.sum(mem[0].valid)) == 2
-    assert float(jnp.max(jnp.abs(mem[0].multipliers))) > 0
+    assert len(found) == 1
+    return found[0]
+
+
+def test_schur_solver_with_multiplier_memory(tiny_problem):
+    """The exact Schur solve meets the linearised constraints; the memory remembers pool samples.
+
+    The memory stores indices into the constraint pool, so the step gets the
+    same pool every time and the selector (mining within a random minibatch
+    of it, as the runner does) records which pool samples it projected on.
+    The remembered forces are checked against a VJP on those pool samples.
+    """
+    params, problem, images, joints = tiny_problem
+    pool = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    method = "hard-sgd"
+    memory = kktopt.memory.multiplier_memory(8, pool)
+    active = pose.methods.memory_selector("mined", batch=4, mined=2, seed=3)
+    tx = pose.make_optimizer(method, problem, constraints="mined", lr=1e-6, mined=2,
+                             solver=kktopt.KKTSolver(system="schur", method="dense",
+                                                     jacobian="per_sample"),
+                             memory=memory, active=active)
+    step = jax.jit(pose.make_step(method, problem, tx, constraints="mined", mined=2))
+    state = tx.init(params)
+    new_params, state, stats = step(params, state, (images, joints), pool, jnp.float32(0))
+    assert int(stats["num_active"]) == 2 * 6
+    assert float(stats["linearized_residual"]) < 1e-3
+    chosen = np.asarray(state[1].active.indices)
+    assert len(set(chosen.tolist())) == 2 and np.all((0 <= chosen) & (chosen < len(pool)))
+    # The recorded pool indices are the samples the step projected on.
+    c = problem.constraints(params, pool[chosen])
+    np.testing.assert_allclose(float(stats["violation_norm"]), float(jnp.linalg.norm(c)), rtol=1e-5)
+    mem = _memory_state(state)
+    assert int(jnp.sum(mem.valid)) == 2
+    assert set(np.asarray(mem.indices)[np.asarray(mem.valid)].tolist()) == set(chosen.tolist())
+    assert float(jnp.max(jnp.abs(mem.multipliers))) > 0
+    # The remembered forces are a VJP on those pool samples with their multipliers.
+    cfn = problem.constraints
+    keep = np.asarray(mem.valid)
+    idx, lam = np.asarray(mem.indices)[keep], mem.multipliers[keep]
+
+    @jax.jit
+    def forces(p, mem, samples, lam):
+        _, pullback = jax.vjp(lambda q: cfn(q, samples), p)
+        return memory.force(cfn, p, mem, pool), pullback(lam)[0]
+
+    got, expected = forces(new_params, mem, pool[idx], lam)
+    for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4,
+                                   atol=1e-6 * float(jnp.max(jnp.abs(e))) + 1e-30)
     # A second step applies the remembered forces and stays finite.
-    new_params, state, stats = step(new_params, state, (images, joints), images, jnp.float32(0))
+    new_params, state, stats = step(new_params, state, (images, joints), pool, jnp.float32(0))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(new_params))
+
+
+def test_memory_runs_get_one_fixed_pool():
+    """With a memory the runner passes the whole pool, the same array, at every step."""
+    from pose.run import _Run
+
+    preset = pose.PRESETS["tiny"]
+    r = _Run(preset, Path("unused"), {}, progress=False, stop_after_checkpoints=None, log=print)
+    r.pool = np.arange(preset.pool_size * 2, dtype=np.uint8).reshape(preset.pool_size, 2)
+    with_memory = MethodSpec("hard-sgd", "mined", 4, 2, lr=1e-8, memory=16, system="schur")
+    first, later = r.constraint_pool(with_memory, 0), r.constraint_pool(with_memory, 5)
+    assert first is later and first.shape == r.pool.shape
+    np.testing.assert_array_equal(np.asarray(first), r.pool)
+    plain = MethodSpec("hard-sgd", "mined", 4, 2, lr=1e-8)
+    batch = r.constraint_pool(plain, 0)
+    assert batch.shape == (preset.batch_size, 2)
+    assert not np.array_equal(batch, r.constraint_pool(plain, 1))
+
+
+def test_mined_from_random_mines_its_random_minibatch():
+    """MinedFromRandom keeps the k most violating samples (Eq. 9) of a random minibatch of the pool."""
+    pool = jnp.arange(20.0)[:, None]
+    cfn = lambda w, x: (x * w - 3.0).reshape(-1, 1)  # noqa: E731 - sample i violates by |i w - 3|
+    sel = pose.methods.memory_selector("mined", batch=6, mined=2, seed=5)
+    state = sel.init(jnp.ones(1))
+    for _ in range(3):
+        sub, state = sel.select(cfn, jnp.ones(1), pool, state)
+        chosen = np.asarray(sel.indices(state))
+        np.testing.assert_array_equal(np.asarray(sub)[:, 0], chosen)
+        # Independently: redraw the same random minibatch from the key and mine it.
+        assert len(set(chosen.tolist())) == 2
+    key = sel.init(None).key
+    for _ in range(3):
+        key, sub_key = jax.random.split(key)
+        drawn = np.asarray(jax.random.permutation(sub_key, 20)[:6])
+    scores = np.abs(drawn - 3.0)
+    expected = drawn[np.argsort(-scores, kind="stable")[:2]]
+    assert set(chosen.tolist()) == set(expected.tolist())
+    random = pose.methods.memory_selector("random", batch=6, mined=2)
+    assert isinstance(random, kktopt.active.RandomSamples) and random.k == 6
 
 
 def test_pose_model_linearisation_has_no_convolution_in_the_krylov_loop(tiny_problem):
@@ -193,7 +269,7 @@ def test_pose_model_linearisation_has_no_convolution_in_the_krylov_loop(tiny_pro
     """
     params, problem, images, _ = tiny_problem
     tx = pose.make_optimizer("hard-sgd", problem, constraints="random", lr=1e-8,
-                             solver=kktopt.KrylovKKT(maxiter=3))
+                             solver=kktopt.KKTSolver(system="full", maxiter=3))
     step = pose.make_step("hard-sgd", problem, tx)
     state = tx.init(params)
     hlo = jax.jit(step).lower(params, state, (images, np.zeros((4, 17, 3), np.float32)), images,

@@ -1,0 +1,203 @@
+"""Accuracy and honest status codes of the KKT step (float32 and float64), against dense numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import kktopt
+from kktopt.kkt import KKTStatus
+
+DTYPES = [jnp.float32, jnp.float64]
+TARGET = {jnp.float32: 1e-3, jnp.float64: 1e-8}
+
+
+def mlp(n, dtype, seed=0):
+    """The MLP R^4 -> R^3 with ||y|| = 1 and sum(y) = 0 on n inputs (n = 16: m = 32, cond(A) about 640)."""
+    widths = (4, 16, 16, 3)
+    rng = np.random.default_rng(seed)
+    params = [
+        {"w": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), dtype), "b": jnp.asarray(0.1 * rng.normal(size=b), dtype)}
+        for a, b in zip(widths[:-1], widths[1:])
+    ]
+    xc = jnp.asarray(rng.normal(size=(16, 4)), dtype)[:n]
+    xl = jnp.asarray(rng.normal(size=(64, 4)), dtype)
+    yl = jnp.asarray(rng.normal(size=(64, 3)), dtype)
+
+    def f(p, x):
+        h = x
+        for layer in p[:-1]:
+            h = jnp.tanh(h @ layer["w"] + layer["b"])
+        return h @ p[-1]["w"] + p[-1]["b"]
+
+    def cfn(p, x):
+        y = f(p, x)
+        return jnp.stack([jnp.sum(y * y, -1) - 1.0, jnp.sum(y, -1)], -1)
+
+    def residuals(p, batch):
+        return ((f(p, batch[0]) - batch[1]) / 8.0).reshape(-1)
+
+    grads = jax.grad(lambda p: jnp.mean((f(p, xl) - yl) ** 2))(params)
+    return params, xc, cfn, grads, residuals, (xl, yl)
+
+
+def dense(fn, params, *args):
+    """(value, Jacobian) over the flat parameters, in float64 numpy."""
+    flat, unravel = ravel_pytree(params)
+    g = lambda q: fn(unravel(q), *args).reshape(-1)  # noqa: E731
+    return np.asarray(g(flat), np.float64), np.asarray(jax.jacobian(g)(flat), np.float64)
+
+
+def flat64(tree):
+    return np.asarray(ravel_pytree(tree)[0], np.float64)
+
+
+def rel_residual(cfn, params, xc, dw):
+    c, a = dense(cfn, params, xc)
+    return np.linalg.norm(c + a @ flat64(dw)) / np.linalg.norm(c)
+
+
+def step(tx, params, grads, xc):
+    u, state = jax.jit(lambda g, s, p: tx.update(g, s, p, constraint_batch=xc))(grads, tx.init(params), params)
+    return u, kktopt.get_kkt_info(state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [16, 8])
+def test_default_meets_target_and_matches_min_norm_step(dtype, n):
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, grads, _, _ = mlp(n, dtype)
+        tx = optax.chain(optax.sgd(0.05), kktopt.project_kkt(cfn))
+        dw, info = step(tx, params, grads, xc)
+        res = rel_residual(cfn, params, xc, dw)
+        assert res <= TARGET[dtype], res
+        assert int(info.status) == KKTStatus.SOLVED and bool(info.success)
+        np.testing.assert_allclose(float(info.linearized_residual), res, rtol=0.5, atol=TARGET[dtype] / 10)
+        # Against the dense minimum-norm step u - pinv(A) (c + A u) (float64 numpy).
+        c, a = dense(cfn, params, xc)
+        u = -0.05 * flat64(grads)
+        ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+        err = np.linalg.norm(flat64(dw) - ref) / np.linalg.norm(ref)
+        assert err <= (2e-3 if dtype == jnp.float32 else 1e-8), err
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["qr", "lsmr", "minres_qlp", "cg", "dense"])
+def test_schur_methods_meet_rows_or_say_so(dtype, method):
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, grads, _, _ = mlp(16, dtype)
+        tx = optax.chain(optax.sgd(0.05), kktopt.project_kkt(cfn, solver=kktopt.KKTSolver(method=method)))
+        dw, info = step(tx, params, grads, xc)
+        res = rel_residual(cfn, params, xc, dw)
+        tol = TARGET[dtype]
+        # Success exactly when the rows are met (the reported residual agrees with float64).
+        assert bool(info.success) == (float(info.linearized_residual) <= tol)
+        if bool(info.success):
+            assert res <= 2 * tol, res
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["cg", "auto", "minres_qlp", "qr"])
+def test_contradictory_constraints_are_not_success(dtype, method):
+    with jax.enable_x64(dtype == jnp.float64):
+        w = jnp.asarray([0.3, -0.2], dtype)
+
+        def cfn(p, _):  # y0 = 1 and y0 = 2 on one sample
+            return jnp.stack([p[0] - 1.0, p[0] - 2.0])
+
+        tx = kktopt.project_kkt(cfn, solver=kktopt.KKTSolver(method=method))
+        _, info = step(tx, w, jnp.zeros(2, dtype), None)
+        assert not bool(info.success)
+        assert int(info.status) == KKTStatus.INCOMPATIBLE, info.describe()
+        assert "contradictory" in kktopt.kkt.kkt_status_message(int(info.status))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_silent_multiplier_cap(dtype):
+    """Large legitimate multipliers: Adam with gradients x1e5; SGD with constraints in units 1e-4."""
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, grads, _, _ = mlp(16, dtype)
+        for solver in (None, kktopt.KKTSolver(method="minres_qlp")):
+            big = jax.tree_util.tree_map(lambda g: 1e5 * g, grads)
+            dw, info = step(kktopt.hard_adam(1e-3, cfn, solver=solver), params, big, xc)
+            assert int(info.status) == KKTStatus.SOLVED, info.describe()
+            assert rel_residual(cfn, params, xc, dw) <= TARGET[dtype]
+            small = lambda p, x: 1e-4 * cfn(p, x)  # noqa: E731
+            tx = optax.chain(optax.sgd(0.05), kktopt.project_kkt(small, solver=solver))
+            dw, info = step(tx, params, grads, xc)
+            assert int(info.status) == KKTStatus.SOLVED, info.describe()
+            assert rel_residual(small, params, xc, dw) <= TARGET[dtype]
+        # A binding bound is reported, not passed off as success.
+        bound = kktopt.KKTSolver(method="minres_qlp", maxxnorm=2.0, refine=0)
+        tx = optax.chain(optax.sgd(0.05), kktopt.project_kkt(cfn, solver=bound))
+        _, info = step(tx, params, grads, xc)
+        assert int(info.status) == KKTStatus.MULTIPLIER_BOUND, info.describe()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_constraint_is_reported(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        w = jnp.ones(3, dtype)
+        cfn = lambda p, _: jnp.stack([jnp.sum(p) - 1.0, jnp.nan * p[0]])  # noqa: E731
+        _, info = step(kktopt.project_kkt(cfn), w, jnp.zeros(3, dtype), None)
+        assert int(info.status) == KKTStatus.NONFINITE
+        assert not np.isfinite(float(info.linearized_residual))
+
+
+def test_status_vocabulary_in_one_place():
+    for code in KKTStatus:
+        assert kktopt.kkt.kkt_status_message(code) != f"unknown KKT status {int(code)}"
+    assert set(kktopt.kkt.KKT_SUCCESS_CODES) == {KKTStatus.SOLVED, KKTStatus.NO_ACTIVE}
+    with pytest.raises(ValueError, match="maxxnorm"):
+        kktopt.KKTSolver(maxxnorm=0.5)
+    with pytest.raises(ValueError, match="refine"):
+        kktopt.KKTSolver(refine=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vmap_over_learning_rate_and_jit(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, grads, _, _ = mlp(8, dtype)
+        lin = kktopt.kkt.linearize_constraints(cfn, params, xc)
+        metric = kktopt.kkt.euclidean_metric()
+
+        def solve(lr):
+            u = jax.tree_util.tree_map(lambda g: -lr * g, grads)
+            sol = kktopt.KKTSolver().solve(lin, metric, step=u)
+            return sol.step, sol.residual, sol.status
+
+        lrs = jnp.asarray([0.01, 0.1, 1.0], dtype)
+        steps, res, status = jax.jit(jax.vmap(solve))(lrs)
+        assert np.all(np.asarray(status) == KKTStatus.SOLVED)
+        for i in range(3):
+            dw = jax.tree_util.tree_map(lambda s: s[i], steps)
+            assert rel_residual(cfn, params, xc, dw) <= TARGET[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eta", [0.01, 1.0])
+def test_gauss_newton_default_matches_dense_eq6(dtype, eta):
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, _, residuals, batch = mlp(8, dtype)
+        rv, jac = dense(residuals, params, batch)
+        c, a = dense(cfn, params, xc)
+        n, m = jac.shape[1], a.shape[0]
+        kkt = np.block([[jac.T @ jac + eta * np.eye(n), a.T], [a, np.zeros((m, m))]])
+        ref = np.linalg.solve(kkt, np.concatenate([-jac.T @ rv, -c]))[:n]
+        lm = np.linalg.solve(jac.T @ jac + eta * np.eye(n), -jac.T @ rv)
+        tx = kktopt.gauss_newton_kkt(residuals, cfn, damping=eta)
+        dw, state = tx.update(None, tx.init(params), params, residual_batch=batch, constraint_batch=xc)
+        info = kktopt.get_kkt_info(state)
+        tol = 2e-2 if dtype == jnp.float32 else 1e-6
+        err = np.linalg.norm(flat64(dw) - ref) / np.linalg.norm(ref)
+        assert err <= tol, (err, info.describe())
+        assert rel_residual(cfn, params, xc, dw) <= TARGET[dtype]
+        assert int(info.status) == KKTStatus.SOLVED
+        # No constraint: the Levenberg-Marquardt step.
+        none = lambda p, x: jnp.zeros((1,), dtype) * jnp.sum(p[0]["b"])  # noqa: E731
+        tx = kktopt.gauss_newton_kkt(residuals, none, damping=eta)
+        dw, state = tx.update(None, tx.init(params), params, residual_batch=batch, constraint_batch=None)
+        err = np.linalg.norm(flat64(dw) - lm) / np.linalg.norm(lm)
+        assert err <= tol, err

@@ -1,0 +1,330 @@
+"""Tests of kktopt.outputs: the per-sample output projection and its implicit gradient.
+
+References are closed forms (affine projection, sphere, box clip), their
+closed-form Jacobians, central finite differences in float64, and the
+first-order (KKT) conditions checked with an independent numpy Jacobian.
+"""
+
+import doctest
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kktopt import outputs
+from kktopt.outputs import OutputProjection, ProjectedModel, ProjectionStatus, project_outputs
+
+DTYPES = [np.float32, np.float64]
+
+# 17-joint Human3.6M skeleton: the six (a, b, c, d) quadruples of the paper's Table 2
+# (constraint j: ||y[a] - y[b]|| - ||y[c] - y[d]|| = 0, left bone minus right bone).
+SYMMETRY = np.array([
+    (11, 12, 14, 15),  # upper arms
+    (12, 13, 15, 16),  # forearms
+    (4, 5, 1, 2),  # thighs
+    (5, 6, 2, 3),  # calves
+    (8, 11, 8, 14),  # thorax to shoulders
+    (0, 4, 0, 1),  # pelvis to hips
+])
+PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
+
+
+def _safe_norm(x):
+    sq = jnp.sum(x * x, axis=-1)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
+
+
+def bone_symmetry(y):
+    """Eq. 15 on one skeleton (17, 3)."""
+    return (_safe_norm(y[SYMMETRY[:, 0]] - y[SYMMETRY[:, 1]])
+            - _safe_norm(y[SYMMETRY[:, 2]] - y[SYMMETRY[:, 3]]))
+
+
+def random_skeletons(rng, batch, noise):
+    """Random symmetric skeletons (bone lengths 100-450 mm, random directions) plus joint noise."""
+    lengths = rng.uniform(100, 450, size=(batch, 17))
+    for a, b, c, d in SYMMETRY:  # make left and right equal, then perturb the joints
+        lengths[:, b] = lengths[:, d]
+    joints = np.zeros((batch, 17, 3))
+    for j, p in enumerate(PARENTS):
+        if p >= 0:
+            u = rng.normal(size=(batch, 3))
+            joints[:, j] = joints[:, p] + lengths[:, j, None] * u / np.linalg.norm(u, axis=1, keepdims=True)
+    return joints + noise * rng.normal(size=joints.shape)
+
+
+def tols(dtype):
+    return dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+
+
+# float64 variants are in the slow run (each call compiles a while loop: seconds on CI cores);
+# float64 accuracy stays in the default run through the x64 tests below.
+@pytest.fixture(params=[np.float32, pytest.param(np.float64, marks=pytest.mark.slow)],
+                ids=["float32", "float64"])
+def dtype(request):
+    with jax.enable_x64(request.param == np.float64):
+        yield request.param
+
+
+def affine_problem(dtype, seed=0, batch=5, n=7, m=3):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(m, n))
+    b = rng.normal(size=m)
+    y_hat = rng.normal(size=(batch, n)) * 3
+    weight = rng.uniform(0.5, 2.0, size=n)
+    return a, b, y_hat, weight
+
+
+def affine_projection(a, b, y_hat, weight):
+    """Closed form: y = y_hat - W^-1 A^T (A W^-1 A^T)^-1 (A y_hat - b) and its Jacobian."""
+    winv = np.diag(1 / weight)
+    gram = a @ winv @ a.T
+    y = y_hat - (winv @ a.T @ np.linalg.solve(gram, (y_hat @ a.T - b).T)).T
+    jac = np.eye(a.shape[1]) - winv @ a.T @ np.linalg.solve(gram, a)
+    return y, jac
+
+
+def test_affine_equalities_match_closed_form(dtype):
+    a, b, y_hat, weight = affine_problem(dtype)
+    y_ref, jac_ref = affine_projection(a, b, y_hat, weight)
+    aj, bj = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    fn = lambda y: aj @ y - bj
+    y, info = project_outputs(fn, jnp.asarray(y_hat, dtype), weight=jnp.asarray(weight, dtype))
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, y_ref, **tols(dtype))
+    assert info.converged.all()
+    assert (info.iterations == 1).all()  # linear constraints: one Gauss-Newton step is exact
+    jac = jax.jacrev(lambda v: project_outputs(fn, v[None], weight=jnp.asarray(weight, dtype))[0][0])(
+        jnp.asarray(y_hat[0], dtype))
+    np.testing.assert_allclose(jac, jac_ref, **tols(dtype))
+
+
+def test_sphere_matches_closed_form_and_jacobian(dtype):
+    rng = np.random.default_rng(1)
+    r = 2.5
+    y_hat = rng.normal(size=(6, 4)) * 3
+    fn = lambda y: jnp.linalg.norm(y, keepdims=True) - r
+    y, info = jax.jit(lambda v: project_outputs(fn, v))(jnp.asarray(y_hat, dtype))
+    norms = np.linalg.norm(y_hat, axis=1, keepdims=True)
+    np.testing.assert_allclose(y, r * y_hat / norms, **tols(dtype))
+    assert info.converged.all()
+    # d(r y/||y||)/dy = r/||y|| (I - n n^T)
+    for i in range(2):
+        nvec = y_hat[i] / norms[i]
+        jac_ref = r / norms[i] * (np.eye(4) - np.outer(nvec, nvec))
+        jac = jax.jacrev(lambda v: project_outputs(fn, v[None])[0][0])(jnp.asarray(y_hat[i], dtype))
+        np.testing.assert_allclose(jac, jac_ref, **tols(dtype))
+
+
+def test_box_inequalities_are_a_clip(dtype):
+    rng = np.random.default_rng(2)
+    lo, hi = -1.0, 0.5
+    y_hat = rng.normal(size=(8, 6)) * 2
+    ineq = lambda y: jnp.concatenate([y - hi, lo - y])
+    y, info = project_outputs(None, jnp.asarray(y_hat, dtype), inequality_fn=ineq)
+    np.testing.assert_allclose(y, np.clip(y_hat, lo, hi), **tols(dtype))
+    assert info.converged.all()
+    np.testing.assert_array_equal(info.num_active, np.sum((y_hat > hi) | (y_hat < lo), axis=1))
+    mu = np.asarray(info.multipliers)
+    assert (mu >= -1e-6).all()  # dual feasibility
+    # Jacobian of the clip: 1 on free coordinates, 0 on clipped ones
+    jac = jax.jacrev(lambda v: project_outputs(None, v[None], inequality_fn=ineq)[0][0])(
+        jnp.asarray(y_hat[0], dtype))
+    np.testing.assert_allclose(jac, np.diag(((y_hat[0] < hi) & (y_hat[0] > lo)).astype(float)),
+                               **tols(dtype))
+
+
+def test_linear_equalities_plus_box(x64):
+    """An affine equality with a box: the KKT point is checked against scipy's QP-free SLSQP."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(3)
+    n = 6
+    a = rng.normal(size=(2, n))
+    b = a @ rng.uniform(-0.4, 0.4, size=n)  # feasible with the box
+    y_hat = rng.normal(size=(3, n))
+    ineq = lambda y: jnp.concatenate([y - 0.5, -0.5 - y])
+    y, info = project_outputs(lambda y: jnp.asarray(a) @ y - jnp.asarray(b), jnp.asarray(y_hat),
+                              inequality_fn=ineq)
+    assert info.converged.all()
+    for i in range(3):
+        ref = scipy_optimize.minimize(
+            lambda v: 0.5 * np.sum((v - y_hat[i]) ** 2), np.clip(y_hat[i], -0.5, 0.5),
+            jac=lambda v: v - y_hat[i], method="SLSQP", bounds=[(-0.5, 0.5)] * n,
+            constraints=[{"type": "eq", "fun": lambda v: a @ v - b, "jac": lambda v: a}],
+            options=dict(ftol=1e-14, maxiter=500))
+        np.testing.assert_allclose(y[i], ref.x, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_gradient_matches_finite_differences(x64):
+    rng = np.random.default_rng(4)
+    y_hat = random_skeletons(rng, 2, 20.0)
+    weight = rng.uniform(0.5, 2.0, size=(17, 3))
+    cot = rng.normal(size=y_hat.shape)
+
+    @jax.jit
+    def loss(v, w):
+        y, _ = project_outputs(bone_symmetry, v, weight=w)
+        return jnp.sum(jnp.asarray(cot) * y)
+
+    g_y, g_w = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(y_hat), jnp.asarray(weight))
+    h = 1e-5
+    for _ in range(3):
+        dv, dw = rng.normal(size=y_hat.shape), rng.normal(size=weight.shape)
+        fd = (loss(jnp.asarray(y_hat + h * dv), jnp.asarray(weight + h * dw))
+              - loss(jnp.asarray(y_hat - h * dv), jnp.asarray(weight - h * dw))) / (2 * h)
+        np.testing.assert_allclose(np.sum(g_y * dv) + np.sum(g_w * dw), fd, rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_through_closed_over_constraint_parameters(x64):
+    """Arrays the constraint closes over (here under jit, as traced values) get gradients too."""
+    rng = np.random.default_rng(5)
+    a, b, y_hat, _ = affine_problem(np.float64, seed=5, batch=3, n=5, m=2)
+
+    @jax.jit
+    def loss(b):
+        y, _ = project_outputs(lambda v: jnp.asarray(a) @ v - b, jnp.asarray(y_hat))
+        return jnp.sum(y**2)
+
+    g = jax.grad(loss)(jnp.asarray(b))
+    ref = lambda b: np.sum(affine_projection(a, b, y_hat, np.ones(5))[0] ** 2)
+    fd = [(ref(b + 1e-6 * e) - ref(b - 1e-6 * e)) / 2e-6 for e in np.eye(2)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+    del rng
+
+
+def test_bone_symmetry_kkt_conditions(dtype):
+    rng = np.random.default_rng(6)
+    y_hat = jnp.asarray(random_skeletons(rng, 64, 25.0), dtype)
+    project = jax.jit(lambda v: project_outputs(bone_symmetry, v))
+    y, info = project(y_hat)
+    assert info.converged.all(), info.describe()
+    c = np.asarray(jax.vmap(bone_symmetry)(y), np.float64)
+    limit = 0.05 if dtype == np.float32 else 1e-6  # mm; bones are 100-450 mm
+    assert np.abs(c).max() < limit
+    # first-order conditions: y - y_hat = -J^T lambda with J from numpy-evaluated derivatives
+    y64 = np.asarray(y, np.float64)
+    for i in range(4):
+        jac = np.zeros((6, 51))
+        for j, (a, b, cc, d) in enumerate(SYMMETRY):
+            for (p, q), sign in (((a, b), 1.0), ((cc, d), -1.0)):
+                u = (y64[i, p] - y64[i, q]) / np.linalg.norm(y64[i, p] - y64[i, q])
+                jac[j, 3 * p:3 * p + 3] += sign * u
+                jac[j, 3 * q:3 * q + 3] -= sign * u
+        lam = np.asarray(info.multipliers[i], np.float64)
+        residual = (y64[i] - np.asarray(y_hat[i], np.float64)).ravel() + jac.T @ lam
+        scale = np.abs(y64[i] - np.asarray(y_hat[i])).max()
+        assert np.abs(residual).max() <= (2e-3 if dtype == np.float32 else 1e-8) * max(scale, 1.0)
+        # a local minimiser: other nearby feasible points are farther (projected random moves)
+    d0 = np.sum((np.asarray(y) - np.asarray(y_hat)) ** 2, axis=(1, 2))
+    moved = y + 2.0 * jnp.asarray(rng.normal(size=y.shape), dtype)
+    y2, _ = project(moved)
+    d2 = np.sum((np.asarray(y2) - np.asarray(y_hat)) ** 2, axis=(1, 2))
+    assert np.all(d2 >= d0 * (1 - 1e-4) - 1e-3)
+
+
+def test_feasible_input_is_returned_unchanged(dtype):
+    rng = np.random.default_rng(7)
+    y_hat = jnp.asarray(random_skeletons(rng, 4, 0.0), dtype)
+    y, info = project_outputs(bone_symmetry, y_hat)
+    np.testing.assert_array_equal(y, y_hat)
+    assert (info.iterations == 0).all() and info.converged.all()
+
+
+def test_degenerate_and_nonfinite_inputs(dtype):
+    y_hat = jnp.zeros((4, 17, 3), dtype)
+    y_hat = y_hat.at[1].set(1.0)  # all joints at one point: every bone has length 0
+    y_hat = y_hat.at[2, 12].set(50.0)  # only the left upper arm and forearm have length
+    y_hat = y_hat.at[3, 5].set(jnp.nan)
+    y, info = jax.jit(lambda v: project_outputs(bone_symmetry, v))(y_hat)
+    status = np.asarray(info.status)
+    assert status[0] == status[1] == ProjectionStatus.CONVERGED
+    np.testing.assert_array_equal(y[:2], y_hat[:2])
+    assert status[3] == ProjectionStatus.NONFINITE
+    assert np.isfinite(np.asarray(y[:3])).all()
+    assert np.isfinite(np.asarray(info.violation[:3])).all()
+    # the degenerate sample is reported honestly: converged only if Eq. 15 holds
+    if status[2] == ProjectionStatus.CONVERGED:
+        assert np.abs(np.asarray(bone_symmetry(y[2]))).max() < 1e-2
+    grad = jax.grad(lambda v: jnp.sum(project_outputs(bone_symmetry, v)[0][:3] ** 2))(y_hat)
+    assert np.isfinite(np.asarray(grad[:3])).all()
+    assert "NONFINITE" in info.describe()
+
+
+def test_incompatible_constraints_are_reported_infeasible(dtype):
+    fn = lambda y: jnp.stack([y[0] - 1.0, y[0] - 2.0])
+    y, info = project_outputs(fn, jnp.zeros((2, 3), dtype))
+    assert (np.asarray(info.status) == ProjectionStatus.INFEASIBLE).all()
+    np.testing.assert_allclose(y[:, 0], 1.5, rtol=1e-5)  # least-squares point of the two
+    assert "cannot be met" in outputs.status_message(int(info.status[0]))
+
+
+def test_iteration_limit_is_reported(dtype):
+    y_hat = jnp.asarray(random_skeletons(np.random.default_rng(8), 4, 60.0), dtype)
+    _, info = project_outputs(bone_symmetry, y_hat, max_iter=1)
+    assert (np.asarray(info.status) == ProjectionStatus.MAX_ITER).all()
+    assert (info.iterations == 1).all()
+
+
+@pytest.mark.slow
+def test_vmap_jit_and_layers_agree(dtype):
+    rng = np.random.default_rng(9)
+    y_hat = jnp.asarray(random_skeletons(rng, 6, 15.0), dtype)
+    y_ref, _ = project_outputs(bone_symmetry, y_hat)
+    layer = OutputProjection(bone_symmetry)
+    np.testing.assert_allclose(jax.jit(jax.vmap(layer))(y_hat), y_ref, **tols(dtype))
+    # vmap over an extra axis of a batched call
+    y2 = jax.vmap(lambda v: project_outputs(bone_symmetry, v)[0])(y_hat.reshape(2, 3, 17, 3))
+    np.testing.assert_allclose(y2.reshape(y_hat.shape), y_ref, **tols(dtype))
+    y1, info1 = layer.with_info(y_hat[0])
+    assert y1.shape == (17, 3) and info1.status.shape == ()
+
+
+def test_projected_model_trains_through_the_layer(x64):
+    """A loss on projected outputs: the gradient reaches the model's weights, matches FD."""
+    net = eqx.nn.Linear(4, 3, key=jax.random.key(0))
+    net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, net)
+    pm = ProjectedModel(net, lambda y: jnp.sum(y**2, keepdims=True) - 1.0)
+    x = jnp.asarray(np.random.default_rng(10).normal(size=(5, 4)))
+    target = jnp.asarray(np.random.default_rng(11).normal(size=(5, 3)))
+
+    @eqx.filter_jit
+    def loss(model):
+        return jnp.mean((jax.vmap(model)(x) - target) ** 2)
+
+    grads = eqx.filter_jit(eqx.filter_grad(loss))(pm)
+    e = np.zeros(net.weight.shape)
+    e[1, 2] = 1.0
+    shift = lambda h: eqx.tree_at(lambda m: m.model.weight, pm, pm.model.weight + h * e)
+    fd = (loss(shift(1e-6)) - loss(shift(-1e-6))) / 2e-6
+    np.testing.assert_allclose(grads.model.weight[1, 2], fd, rtol=1e-6)
+    y = eqx.filter_jit(jax.vmap(pm))(x)
+    np.testing.assert_allclose(jnp.sum(y**2, axis=1), 1.0, rtol=1e-9)
+
+
+def test_bad_input_errors_name_the_fix():
+    with pytest.raises(ValueError, match="batch axis"):
+        project_outputs(lambda y: y, jnp.float32(1.0))
+    with pytest.raises(ValueError, match="ONE sample"):
+        project_outputs(lambda y: y @ jnp.ones(7), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="positive"):
+        project_outputs(lambda y: jnp.sum(y, keepdims=True), jnp.ones((2, 3)), weight=-jnp.ones(3))
+    with pytest.raises(ValueError, match="broadcast"):
+        project_outputs(lambda y: jnp.sum(y, keepdims=True), jnp.ones((2, 3)), weight=jnp.ones(4))
+    with pytest.raises(ValueError, match="give constraint_fn"):
+        project_outputs(None, jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="floating"):
+        project_outputs(lambda y: y, jnp.ones((2, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("module", [outputs._project, outputs._layer])
+def test_docstring_examples(module):
+    import kktopt
+
+    if not hasattr(kktopt, "project_outputs"):
+        pytest.skip("kktopt does not export the outputs names yet")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
