@@ -56,26 +56,16 @@ PLATFORM="$("$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null || e
 if [ "$QUICK" -eq 1 ]; then
   part krylov 300 "$PY" "$HERE/krylov.py" --quick --no-write --problems a,c --grid 6 --n-small 60 \
     --solvers "kktopt minres_qlp" --repeats 1 --max-tries 2
-  part step_cost 300 "$PY" "$HERE/step_cost.py" --quick --repeats 1 --models mlp
+  part step_cost 300 "$PY" "$HERE/step_cost.py" --quick --repeats 1 --models mlp --methods "default"
 else
   part krylov 200 "$PY" "$HERE/krylov.py" --no-write --repeats 5 --max-tries 8
   part step_cost 150 "$PY" "$HERE/step_cost.py" --repeats 7
 fi
 
 if [ "$PAPER" -eq 1 ] && [ "$QUICK" -eq 0 ] && [ "$PLATFORM" = "gpu" ]; then
-  # The paper-size pose CNN: the step-cost benchmark's CNN case with the model of
-  # the `paper` preset instead of `small` (same methods, batches and constraints).
-  part paper_step_cost 100 "$PY" - <<'EOF'
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path.cwd() / "benchmarks"))
-import step_cost  # noqa: E402
-
-small = step_cost.make_model
-step_cost.make_model = lambda name, seed: small("paper" if name == "small" else name, seed)
-step_cost.run("cnn (paper preset)", step_cost.build_cnn, 0, 5, False)
-EOF
+  # The paper-size pose CNN: the step-cost benchmark's CNN case at the `paper`
+  # preset instead of `small` (same methods, batches and constraints).
+  part paper_step_cost 100 "$PY" "$HERE/step_cost.py" --preset paper --models cnn --repeats 5
 fi
 
 # Append the dated section.

@@ -260,6 +260,11 @@ def main(argv=None):
     parser.add_argument("--problems", default="mlp,cnn")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--solvers", default=None, help="comma-separated solver names to run (default: all)")
+    parser.add_argument("--cnn-samples", default="16,128",
+                        help="constraint samples of the CNN problems: 16 (mined from 128, m = 96), 128 (m = 768)")
+    parser.add_argument("--dtypes", default="float32,float64", help="dtypes of the MLP problems")
+    parser.add_argument("--sizes", default="16,8", help="constraint samples of the MLP problems (m = 2 x each)")
     parser.add_argument("--pretrain", type=int, default=300,
                         help="unconstrained Adam steps of the CNN before the measured step (cached under runs/; 0: random init)")
     args = parser.parse_args(argv)
@@ -272,18 +277,23 @@ def main(argv=None):
     lines = [f"### {header}", "", f"Command: `python benchmarks/kkt_accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(), "",
              "| problem | transform | solver | residual (f64) | status | its | ref | ms/step |", "|---|---|---|---|---|---|---|---|"]
     rows = []
-    all_solvers = {"sgd": SOLVERS, "gn": GN_SOLVERS, "adam_eps1": {"default": None}}
+    keep = set(args.solvers.split(",")) if args.solvers else None
+
+    def pick(table):
+        return {k: v for k, v in table.items() if keep is None or k in keep}
+
+    all_solvers = {"sgd": pick(SOLVERS), "gn": pick(GN_SOLVERS), "adam_eps1": pick({"default": None})}
     if "mlp" in args.problems:
-        for dtype in (jnp.float32, jnp.float64):
+        for dtype in [jnp.dtype(d).type for d in args.dtypes.split(",")]:
             ctx = jax.enable_x64(dtype == jnp.float64)
             with ctx:
-                for n in (16, 8):
+                for n in [int(k) for k in args.sizes.split(",")]:
                     prob = mlp_problem(n, dtype)
                     run_problem(f"MLP m={2 * n} {jnp.dtype(dtype).name}", prob, all_solvers, args.repeats, lines, rows)
     if "cnn" in args.problems:
-        cnn_solvers = {"sgd": {k: SOLVERS[k] for k in ("default", "qr", "lsmr", "schur minres_qlp")},
-                       "gn": GN_SOLVERS, "adam_eps1": {"default": None, "qr": SOLVERS["qr"]}}
-        for samples in ((16,) if args.quick else (16, 128)):
+        cnn_solvers = {"sgd": pick({k: SOLVERS[k] for k in ("default", "qr", "lsmr", "schur minres_qlp")}),
+                       "gn": pick(GN_SOLVERS), "adam_eps1": pick({"default": None, "qr": SOLVERS["qr"]})}
+        for samples in ((16,) if args.quick else [int(k) for k in args.cnn_samples.split(",")]):
             prob = cnn_problem(samples, args.quick, pretrain=args.pretrain)
             run_problem(f"CNN m={6 * samples} float32", prob, cnn_solvers, args.repeats, lines, rows)
     if args.write:

@@ -53,7 +53,7 @@ from kktopt.transforms import scale_by_sqp_momentum as scale_by_sqp_momentum
 from kktopt.transforms import sqp_adam as sqp_adam
 from kktopt.transforms import sqp_momentum as sqp_momentum
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "AugmentedLagrangianState",

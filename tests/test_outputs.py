@@ -328,3 +328,168 @@ def test_docstring_examples(module):
         pytest.skip("kktopt does not export the outputs names yet")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# --- bounds by elimination (lower/upper) ---------------------------------------------------------
+
+BOX = (-0.5, 0.5)
+
+
+def _box_problem(seed=12, batch=4, n=7, m=2):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(m, n))
+    b = a @ rng.uniform(-0.4, 0.4, size=n)  # the set meets the box
+    return a, b, rng.normal(size=(batch, n)), rng.uniform(0.5, 2.0, size=n)
+
+
+def _slsqp(y_hat, weight, a, b, bounds, eq=None, eq_jac=None, ftol=1e-15):
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    eq = eq or (lambda v: a @ v - b)
+    eq_jac = eq_jac or (lambda v: a)
+    ref = scipy_optimize.minimize(
+        lambda v: 0.5 * np.sum(weight * (v - y_hat) ** 2), np.clip(y_hat, *bounds),
+        jac=lambda v: weight * (v - y_hat), method="SLSQP", bounds=[bounds] * y_hat.size,
+        constraints=[{"type": "eq", "fun": eq, "jac": eq_jac}], options=dict(ftol=ftol, maxiter=1000))
+    assert ref.success, ref.message
+    return ref.x
+
+
+def _free_set_jacobian(y, a, weight, bounds):
+    """Closed form on the free set F: dy/dy_hat = I_F - W_F^-1 A_F^T (A_F W_F^-1 A_F^T)^-1 A_F."""
+    f = ((y > bounds[0]) & (y < bounds[1])).astype(float)
+    winv = np.diag(f / weight)
+    return np.diag(f) - winv @ a.T @ np.linalg.pinv(a @ winv @ a.T) @ a @ np.diag(f)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_box_bounds_alone_are_an_exact_clip(dtype):
+    with jax.enable_x64(dtype == np.float64):
+        rng = np.random.default_rng(13)
+        y_hat = jnp.asarray(rng.normal(size=(8, 3, 2)) * 2, dtype)
+        upper = jnp.asarray(rng.uniform(0.2, 1.0, size=(3, 2)), dtype)  # one sample's shape
+        y, info = project_outputs(None, y_hat, lower=-1.0, upper=upper, weight=jnp.full((3, 2), 3.0, dtype))
+        np.testing.assert_array_equal(y, np.clip(y_hat, -1.0, upper))
+        assert y.dtype == dtype and info.converged.all()
+        np.testing.assert_array_equal(info.num_active, np.sum((y_hat >= upper) | (y_hat <= -1), axis=(1, 2)))
+        jac = jax.jacrev(lambda v: project_outputs(None, v[None], lower=-1.0, upper=upper)[0][0])(y_hat[0])
+        free = ((y_hat[0] > -1) & (y_hat[0] < upper)).astype(dtype).ravel()
+        np.testing.assert_array_equal(jac.reshape(6, 6), np.diag(free))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_equalities_with_bounds_match_scipy_and_closed_form_jacobian(dtype):
+    """Elimination path: the KKT point against SLSQP, the layer's Jacobian against the free-set formula."""
+    a, b, y_hat, weight = _box_problem()
+    with jax.enable_x64(dtype == np.float64):
+        aj, bj, wj = (jnp.asarray(v, dtype) for v in (a, b, weight))
+        layer = jax.jit(lambda v: project_outputs(lambda y: aj @ y - bj, v, weight=wj, lower=BOX[0],
+                                                  upper=BOX[1]))
+        y, info = layer(jnp.asarray(y_hat, dtype))
+        jacs = jax.jit(jax.vmap(jax.jacrev(lambda v: layer(v[None])[0][0])))(jnp.asarray(y_hat, dtype))
+    assert info.converged.all(), info.describe()
+    assert y.dtype == dtype
+    y = np.asarray(y, np.float64)
+    assert (y >= BOX[0]).all() and (y <= BOX[1]).all()  # bounds hold exactly, in any dtype
+    close = dict(atol=2e-5) if dtype == np.float32 else dict(atol=1e-10)
+    for i in range(len(y_hat)):
+        np.testing.assert_allclose(y[i], _slsqp(y_hat[i], weight, a, b, BOX), atol=2e-5 if dtype == np.float32 else 1e-7)
+        # exact reference on the found active set: the reduced QP's solution, and the bound
+        # multipliers' signs (z = -(W (y - y_hat) + A^T lambda) >= 0 at upper, <= 0 at lower)
+        f = (y[i] > BOX[0]) & (y[i] < BOX[1])
+        fixed = np.where(f, 0.0, y[i])
+        winv = np.where(f, 1 / weight, 0.0)
+        lam = np.linalg.solve((a * winv) @ a.T, a @ (np.where(f, y_hat[i], 0.0) + fixed) - b)
+        exact = np.where(f, y_hat[i] - winv * (a.T @ lam), fixed)
+        np.testing.assert_allclose(y[i], exact, **close)
+        z = -(weight * (exact - y_hat[i]) + a.T @ lam)
+        assert (z[y[i] == BOX[1]] >= -1e-6).all() and (z[y[i] == BOX[0]] <= 1e-6).all()
+        np.testing.assert_allclose(jacs[i], _free_set_jacobian(y[i], a, weight, BOX), **close)
+    assert (info.num_active > 0).all()  # the box binds: the test exercises elimination
+
+
+def test_bounds_gradient_of_closed_over_rhs_matches_finite_differences(x64):
+    a, b, y_hat, weight = _box_problem(seed=14)
+    aj, wj, yj = jnp.asarray(a), jnp.asarray(weight), jnp.asarray(y_hat)
+
+    @jax.jit
+    def loss(bb):
+        y, _ = project_outputs(lambda v: aj @ v - bb, yj, weight=wj, lower=BOX[0], upper=BOX[1])
+        return jnp.sum(jnp.sin(3 * y))
+
+    g = jax.grad(loss)(jnp.asarray(b))
+    fd = [(loss(jnp.asarray(b + 1e-6 * e)) - loss(jnp.asarray(b - 1e-6 * e))) / 2e-6 for e in np.eye(2)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+def _sphere_box(dtype, tol=None):
+    fn = lambda y: jnp.sum(y**2, keepdims=True) - 1.0
+    rng = np.random.default_rng(15)
+    y_hat = rng.normal(size=(4, 5))
+    y_hat = 1.3 * y_hat / np.linalg.norm(y_hat, axis=1, keepdims=True)  # moderate correction
+    layer = jax.jit(lambda v: project_outputs(fn, v, lower=-0.6, upper=0.7, tol=tol))
+    return fn, y_hat, layer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
+def test_nonlinear_equality_with_bounds_matches_scipy(dtype):
+    with jax.enable_x64(dtype == np.float64):
+        _, y_hat, layer = _sphere_box(dtype)
+        y, info = layer(jnp.asarray(y_hat, dtype))
+    assert info.converged.all(), info.describe()
+    y = np.asarray(y, np.float64)
+    lo, hi = float(np.asarray(-0.6, dtype)), float(np.asarray(0.7, dtype))  # the bounds in this dtype
+    assert (y >= lo).all() and (y <= hi).all() and (info.num_active > 0).any()
+    close = dict(atol=2e-4) if dtype == np.float32 else dict(atol=1e-7)
+    np.testing.assert_allclose(np.sum(y**2, axis=1), 1.0, **close)
+    for i in range(len(y_hat)):
+        ref = _slsqp(y_hat[i], np.ones(5), None, None, (-0.6, 0.7), eq=lambda v: np.array([v @ v - 1.0]),
+                     eq_jac=lambda v: 2 * v[None], ftol=1e-12)
+        np.testing.assert_allclose(y[i], ref, **close)
+
+
+def test_nonlinear_equality_with_bounds_gradient_matches_finite_differences(x64):
+    _, y_hat, layer = _sphere_box(np.float64, tol=1e-14)  # FD of a solve: solve to rounding level
+    cot = np.random.default_rng(16).normal(size=y_hat.shape)
+    loss = jax.jit(lambda v: jnp.sum(jnp.asarray(cot) * layer(v)[0]))
+    g = jax.grad(loss)(jnp.asarray(y_hat))
+    rng = np.random.default_rng(17)
+    for _ in range(2):
+        d = rng.normal(size=y_hat.shape)
+        fd = (loss(jnp.asarray(y_hat + 1e-6 * d)) - loss(jnp.asarray(y_hat - 1e-6 * d))) / 2e-6
+        np.testing.assert_allclose(np.sum(np.asarray(g) * d), fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_bounds_as_inequality_rows_agree_with_elimination(x64):
+    """With inequality_fn the bounds join its rows (dense active set); same KKT point."""
+    a, b, y_hat, weight = _box_problem(seed=18, batch=3)
+    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    kw = dict(weight=jnp.asarray(weight), lower=BOX[0], upper=BOX[1])
+    y1, i1 = project_outputs(lambda y: aj @ y - bj, jnp.asarray(y_hat), **kw)
+    y2, i2 = project_outputs(lambda y: aj @ y - bj, jnp.asarray(y_hat),
+                             inequality_fn=lambda y: y[:1] - 10.0, **kw)  # an inactive extra row
+    assert i1.converged.all() and i2.converged.all()
+    np.testing.assert_allclose(y1, y2, atol=1e-9)
+
+
+def test_empty_set_with_bounds_is_not_reported_converged():
+    fn = lambda y: jnp.sum(y, keepdims=True) - 10.0  # cannot hold with y in [-1, 1]^3
+    y, info = project_outputs(fn, jnp.zeros((2, 3)), lower=-1.0, upper=1.0, max_iter=10)
+    assert not info.converged.any()
+    assert (np.abs(np.asarray(y)) <= 1).all() and np.isfinite(np.asarray(info.violation)).all()
+
+
+def test_bad_bounds_errors_name_the_fix():
+    fn = lambda y: jnp.sum(y, keepdims=True)
+    with pytest.raises(ValueError, match="box is empty"):
+        project_outputs(fn, jnp.ones((2, 3)), lower=1.0, upper=0.0)
+    with pytest.raises(ValueError, match="broadcast"):
+        project_outputs(fn, jnp.ones((2, 3)), lower=jnp.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        project_outputs(fn, jnp.ones((2, 3)), upper=jnp.nan)
+
+
+def test_layer_with_bounds():
+    proj = OutputProjection(lambda y: jnp.sum(y, keepdims=True) - 1.0, lower=0.0)  # the simplex
+    y = jax.vmap(proj)(jnp.array([[2.0, -1.0, 0.5], [0.2, 0.3, 0.5]]))
+    np.testing.assert_allclose(y, [[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]], atol=1e-6)

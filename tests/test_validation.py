@@ -47,6 +47,7 @@ def test_nonfinite_constraint_values_give_a_nan_step_and_a_code(dtype, bad):
         info = kktopt.get_kkt_info(state)
         assert np.isnan(flat(u)).all()
         assert int(info.solver.istop) == Stop.NONFINITE_INPUT
+        assert int(info.status) == kktopt.kkt.KKTStatus.NONFINITE and not bool(info.success)
         assert not bool(info.solver.success)
         assert np.isnan(float(info.linearized_residual))
     assert "zero_nans" in stop_message(Stop.NONFINITE_INPUT)
@@ -66,6 +67,7 @@ def test_nonfinite_incoming_step_is_reported(dtype):
     tx = kktopt.project_kkt(lambda p, _: jnp.sum(p, keepdims=True) - 1.0)
     u, state = tx.update(jnp.array([1.0, np.nan, 0.0], dtype), tx.init(w), w, constraint_batch=None)
     assert np.isnan(flat(u)).all() and int(state.info.solver.istop) == Stop.NONFINITE_INPUT
+    assert int(state.info.status) == kktopt.kkt.KKTStatus.NONFINITE
 
 
 def test_nonfinite_gauss_newton_residual_is_reported(dtype):
@@ -75,6 +77,7 @@ def test_nonfinite_gauss_newton_residual_is_reported(dtype):
     u, state = tx.update(None, tx.init(w), w, residual_batch=target, constraint_batch=None)
     assert np.isnan(flat(u)).all()
     assert int(state.info.solver.istop) == Stop.NONFINITE_INPUT
+    assert int(state.info.status) == kktopt.kkt.KKTStatus.NONFINITE
     assert np.isnan(float(state.info.linearized_residual))
     # A finite residual still gives the constrained LM step: (1+eta) dw = -r - A^T lam, sum(dw) = 0.
     u, state = tx.update(None, tx.init(w), w, residual_batch=jnp.array([3.0, 1.0], dtype), constraint_batch=None)
@@ -261,7 +264,32 @@ def test_inequality_rounds_dense_per_sample_vmap_and_limit(dtype):
     ref = _qp_reference(a, c, -2.0 * np.asarray(g, np.float64))
     if np.abs(flat(u2) - ref).max() > 1e-3:
         assert int(s2.info.solver.istop) == Stop.ACTIVE_SET_LIMIT
+        assert int(s2.info.status) == kktopt.kkt.KKTStatus.ACTIVE_SET_LIMIT and not bool(s2.info.success)
         assert "inequality_rounds" in stop_message(Stop.ACTIVE_SET_LIMIT)
+        assert "inequality_rounds" in kktopt.kkt.kkt_status_message(int(s2.info.status))
+    else:  # settled within two rounds: a success, not the limit
+        assert int(s2.info.status) != kktopt.kkt.KKTStatus.ACTIVE_SET_LIMIT
+
+
+def test_exhausted_active_set_rounds_are_a_status_not_a_success(dtype):
+    """u = (-3, -3), x1 >= -1 and x1 - x2 <= 1, both inactive at 0: round 2 adds row 1, round 3 row 2."""
+    cfn = lambda p, _: jnp.stack([-p[0] - 1.0, p[0] - p[1] - 1.0])  # noqa: E731
+    w = jnp.zeros(2, dtype)
+    u = jnp.asarray([-3.0, -3.0], dtype)
+    ref = _qp_reference(np.asarray([[-1.0, 0.0], [1.0, -1.0]]), np.asarray([-1.0, -1.0]), np.asarray(u, np.float64))
+    np.testing.assert_allclose(ref, [-1.0, -2.0], atol=1e-9)
+    for rounds, settled in ((2, False), (3, True), (4, True)):
+        tx = kktopt.project_kkt(cfn, inequality=True, inequality_rounds=rounds)
+        du, state = jax.jit(lambda g, s: tx.update(g, s, w, constraint_batch=None))(u, tx.init(w))
+        info = state.info
+        if settled:
+            np.testing.assert_allclose(flat(du), ref, atol=TOL[dtype] * 10)
+            assert bool(info.success) and int(info.status) != kktopt.kkt.KKTStatus.ACTIVE_SET_LIMIT
+        else:
+            np.testing.assert_allclose(flat(du), [-1.0, -3.0], atol=TOL[dtype] * 10)  # violates row 2
+            assert int(info.status) == kktopt.kkt.KKTStatus.ACTIVE_SET_LIMIT and not bool(info.success)
+            assert int(info.solver.istop) == Stop.ACTIVE_SET_LIMIT
+            assert "inequality_rounds" in kktopt.kkt.kkt_status_message(int(info.status))
 
 
 def test_inequality_rounds_in_gradient_form(dtype):

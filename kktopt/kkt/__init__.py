@@ -8,7 +8,7 @@
   Jacobian). ``KrylovKKT`` and ``SchurKKT`` are its deprecated spellings.
 """
 
-from kktopt.kkt import _full, _schur  # noqa: F401  (register the solve methods)
+from kktopt.kkt import _full, _projected, _schur  # noqa: F401  (register the solve methods)
 from kktopt.kkt._linearize import Linearization as Linearization
 from kktopt.kkt._linearize import linearize_constraints as linearize_constraints
 from kktopt.kkt._metric import Metric as Metric

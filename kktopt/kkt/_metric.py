@@ -33,6 +33,10 @@ class Metric(NamedTuple):
       residual_map: for ``D = J^T J + eta I``, ``v -> J v``; its output size
         bounds the number of distinct eigenvalues of D (the full-system
         iteration limit uses it). None otherwise.
+      approx_inverse_diagonal: when ``approx_inverse`` is diagonal, its
+        diagonal (a pytree shaped like the parameters, or a scalar), for
+        the diagonal preconditioner of ``method="projected_cg"``; None
+        otherwise.
     """
 
     matvec: Callable[[PyTree], PyTree]
@@ -41,6 +45,7 @@ class Metric(NamedTuple):
     name: str
     inverse_diagonal: PyTree | None = None
     residual_map: Callable[[PyTree], jax.Array] | None = None
+    approx_inverse_diagonal: PyTree | None = None
 
 
 def euclidean_metric() -> Metric:
@@ -140,4 +145,4 @@ def gauss_newton_metric(
         return _tree.tree_scale(1 / scale, v)
 
     return Metric(matvec=matvec, inverse=None, approx_inverse=approx_inverse, name="gauss-newton",
-                  residual_map=residual_jvp)
+                  residual_map=residual_jvp, approx_inverse_diagonal=1 / scale)

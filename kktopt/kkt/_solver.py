@@ -133,11 +133,14 @@ AUTO_QR_MAX_ENTRIES = 2**25
 def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> str:
     """The method ``method="auto"`` resolves to, from static sizes only.
 
-    ``system="schur"`` with a diagonal metric: ``"qr"`` (dense minimum-norm
-    correction of ``A D^-1/2``, accurate to ``cond(A) eps``) when
-    ``m <= AUTO_QR_MAX_ROWS`` and ``m N_p <= AUTO_QR_MAX_ENTRIES`` (32M entries,
-    128 MB in float32), else ``"minres_qlp"`` on the Schur complement with
-    refinement on the true constraint rows. ``system="full"``:
+    ``system="schur"`` with a diagonal metric: ``"dense"`` (the m x m Schur
+    complement ``A D^-1 A^T`` and its eigendecomposition, with refinement on
+    the true constraint rows, which converges while ``cond(A)^2 eps < 1``)
+    when ``m <= AUTO_QR_MAX_ROWS`` and ``m N_p <= AUTO_QR_MAX_ENTRIES`` (32M
+    entries, 128 MB in float32), else ``"minres_qlp"`` on the Schur complement
+    with refinement. ``"qr"`` (accurate to ``cond(A) eps`` even when
+    ``cond(A)^2 eps >= 1``) is the choice for worse-conditioned constraints,
+    at the price of a Householder QR of the N_p x m Jacobian. ``system="full"``:
     ``"projected_cg"`` when the Jacobian is small enough to factor, else
     ``"minres_qlp"``.
     """
@@ -146,7 +149,12 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> 
         return "projected_cg" if small and (system, "projected_cg") in _METHODS else "minres_qlp"
     if not diagonal_metric:
         return "minres_qlp"
-    return "qr" if small else "minres_qlp"
+    # "dense" rather than "qr": on the pose CNN (m = 96, N_p = 144k, float32)
+    # a Householder QR of the 144k x 96 Jacobian took 3.5 s on XLA:CPU against
+    # 0.19 s for the Gram matrix and its eigendecomposition, and the row
+    # refinement recovers the accuracy the Gram matrix loses while
+    # cond(A)^2 eps < 1 (benchmarks/step_cost.py, benchmarks/kkt_accuracy.py).
+    return "dense" if small else "minres_qlp"
 
 
 class KKTSolver(eqx.Module):
@@ -155,8 +163,8 @@ class KKTSolver(eqx.Module):
     ``KKTSolver()`` is the default of :func:`kktopt.project_kkt`,
     :func:`kktopt.scale_by_adam_kkt` and the aliases: ``method="auto"`` on the
     Schur (range-space) system, which picks, from the static sizes, the dense
-    minimum-norm correction ``"qr"`` for ``m <= 256`` rows and at most 32M
-    Jacobian entries, else MINRES-QLP on the Schur complement
+    Schur complement ``"dense"`` with row refinement for ``m <= 256`` rows and
+    at most 32M Jacobian entries, else MINRES-QLP on the Schur complement
     (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
     ``benchmarks/step_cost.py``). :func:`kktopt.gauss_newton_kkt` needs
     ``system="full"`` (its metric has no cheap inverse).
@@ -253,7 +261,7 @@ class KKTSolver(eqx.Module):
         if self.system not in SYSTEMS:
             raise ValueError(f"KKTSolver.system must be one of {SYSTEMS}, got {self.system!r}.")
         if self.method != "auto" and (self.system, self.method) not in _METHODS:
-            valid = ", ".join(repr(m) for m in methods(self.system))
+            valid = ", ".join(repr(m) for m in ("auto",) + methods(self.system))
             others = [s for s in SYSTEMS if (s, self.method) in _METHODS]
             hint = f"; {self.method!r} needs system={others[0]!r}" if others else ""
             raise ValueError(
@@ -424,7 +432,12 @@ class _DeprecatedSolverAlias(type):
 
 
 class KrylovKKT(metaclass=_DeprecatedSolverAlias):
-    """Deprecated: ``kktopt.KKTSolver(system="full", method=...)``."""
+    """Deprecated: ``kktopt.KKTSolver(system="full", method=...)``.
+
+    ``KrylovKKT()`` keeps its own old default, ``method="minres_qlp"``; the
+    new default ``KKTSolver(system="full")`` is ``method="auto"``
+    (``"projected_cg"`` for small m, see :func:`auto_method`).
+    """
 
     _system = "full"
 
@@ -434,7 +447,11 @@ class KrylovKKT(metaclass=_DeprecatedSolverAlias):
 
 
 class SchurKKT(metaclass=_DeprecatedSolverAlias):
-    """Deprecated: ``kktopt.KKTSolver(system="schur", method=...)`` (the old default method was ``"dense"``)."""
+    """Deprecated: ``kktopt.KKTSolver(system="schur", method=...)``.
+
+    ``SchurKKT()`` keeps its own old default, ``method="dense"``; the new
+    default ``KKTSolver()`` is ``method="auto"`` (see :func:`auto_method`).
+    """
 
     _system = "schur"
 

@@ -122,6 +122,10 @@ class KKTStatus(enum.IntEnum):
     """NaN or Inf in the constraint values, the Jacobian products or the step."""
     UNCHECKED = 7
     """The residual was not measured (``check_constraints=False``); nothing is claimed."""
+    ACTIVE_SET_LIMIT = 8
+    """``inequality_rounds`` ran out before the active set settled: the step meets the rows of
+    its last active set, but a linearised inequality outside it may be violated (or a
+    multiplier of an active row negative)."""
 
 
 _KKT_MESSAGES = {
@@ -150,6 +154,11 @@ _KKT_MESSAGES = {
         "current parameters (e.g. a norm at 0) and the learning rate"
     ),
     KKTStatus.UNCHECKED: "the linearised residual was not measured (check_constraints=False); nothing is claimed",
+    KKTStatus.ACTIVE_SET_LIMIT: (
+        "the inequality active-set rounds ran out before the active set settled: the step meets the rows "
+        "of its last active set, but some linearised inequality may still be violated (or a multiplier "
+        "negative): raise inequality_rounds"
+    ),
 }
 
 KKT_SUCCESS_CODES = (KKTStatus.SOLVED, KKTStatus.NO_ACTIVE)
@@ -170,6 +179,31 @@ def kkt_success(code) -> jax.Array:
     """True where a :class:`KKTStatus` code is a success (``SOLVED`` or ``NO_ACTIVE``)."""
     code = jnp.asarray(code)
     return (code == KKTStatus.SOLVED) | (code == KKTStatus.NO_ACTIVE)
+
+
+# The hard step's own stop codes (set after the solve, on ``SolverInfo.istop``) and the
+# KKTStatus each one gives the step. NONFINITE_INPUT overrides any status (the step is
+# NaN); ACTIVE_SET_LIMIT replaces only a success (a failure of the rows keeps its code).
+_STEP_STOPS = {
+    Stop.NONFINITE_INPUT: (KKTStatus.NONFINITE, True),
+    Stop.ACTIVE_SET_LIMIT: (KKTStatus.ACTIVE_SET_LIMIT, False),
+}
+
+
+def mark_step(status, istop, flag, code: int):
+    """``(status, istop)`` of a step where ``flag`` holds and the hard step stopped with ``code``.
+
+    ``code`` is one of the hard step's own :class:`Stop` codes
+    (``NONFINITE_INPUT``, ``ACTIVE_SET_LIMIT``): ``istop`` becomes ``code``
+    and ``status`` the :class:`KKTStatus` it implies (jit-able).
+    """
+    kkt_code, overrides = _STEP_STOPS[Stop(code)]
+    status = jnp.asarray(status)
+    istop = jnp.asarray(istop)
+    replace = flag if overrides else flag & kkt_success(status)
+    new_status = jnp.where(replace, jnp.asarray(kkt_code, status.dtype), status)
+    new_istop = jnp.where(flag, jnp.asarray(code, istop.dtype), istop)
+    return new_status, new_istop
 
 
 def kkt_status(met, active, finite, istop) -> jax.Array:
@@ -242,8 +276,8 @@ class SolverInfo(NamedTuple):
 
     @property
     def success(self) -> jax.Array:
-        """True where ``istop`` is one of the success codes 1-8."""
-        return (self.istop >= 1) & (self.istop <= 8)
+        """True where ``istop`` is one of the success codes 1-8 (:data:`SUCCESS_CODES`)."""
+        return (self.istop >= min(SUCCESS_CODES)) & (self.istop <= max(SUCCESS_CODES))
 
     def describe(self) -> str:
         """A one-line summary (call outside jit, on concrete values)."""

@@ -254,8 +254,8 @@ def make_bound_solver(static, sample_shape, dtype, n, m, tol, atol, max_iter, ma
         # Adjoint KKT system on the free coordinates [[H_FF, J_F^T], [J_F, 0]] [u; s] = [y_bar_F; 0]
         # (u = 0 on fixed coordinates) by projected CG preconditioned with W (Gould, Hribar and
         # Nocedal 2001; Nocedal and Wright Alg. 16.2): exact in one step when H = W (linear c).
-        r0 = -free * y_bar
-        g0 = precondition(r0)
+        g0 = precondition(-free * y_bar)
+        r0 = free * w * g0
         rg0 = r0 @ g0
 
         def cond(c):
@@ -271,6 +271,7 @@ def make_bound_solver(static, sample_shape, dtype, n, m, tol, atol, max_iter, ma
             x = x + alpha * d
             r = r + alpha * hd
             g = precondition(r)
+            r = free * w * g  # residual update: drop the part normal to the constraints (NW Sec. 16.3)
             rg_new = r @ g
             d = -g + (rg_new / jnp.maximum(rg, tiny)) * d
             return k + 1, x, r, g, d, jnp.where(bad, 0.0, rg_new), bad

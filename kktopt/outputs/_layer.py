@@ -28,6 +28,8 @@ class OutputProjection(eqx.Module):
       constraint_fn: equalities ``c(y) = 0`` of one sample, or None.
       inequality_fn: inequalities ``g(y) <= 0`` of one sample, or None.
       weight: optional positive diagonal weight, broadcastable to one sample.
+      lower, upper: optional bounds ``lower <= y <= upper`` (scalars or one
+        sample's shape; fixed, no gradient), handled by elimination.
       tol, atol, max_iter, max_backtracks, hessian: as in `project_outputs`.
 
     Example:
@@ -41,6 +43,8 @@ class OutputProjection(eqx.Module):
     constraint_fn: Callable[[jax.Array], jax.Array] | None
     inequality_fn: Callable[[jax.Array], jax.Array] | None = None
     weight: jax.Array | None = None
+    lower: jax.Array | float | None = None
+    upper: jax.Array | float | None = None
     tol: float | None = eqx.field(static=True, default=None)
     atol: float = eqx.field(static=True, default=0.0)
     max_iter: int = eqx.field(static=True, default=50)
@@ -51,7 +55,7 @@ class OutputProjection(eqx.Module):
         """Projects a batch ``(batch, *sample_shape)``; returns ``(y, info)``."""
         weight = None if self.weight is None else jax.lax.stop_gradient(jnp.asarray(self.weight))
         return project_outputs(self.constraint_fn, y_hat, inequality_fn=self.inequality_fn,
-                               weight=weight, tol=self.tol, atol=self.atol,
+                               weight=weight, lower=self.lower, upper=self.upper, tol=self.tol, atol=self.atol,
                                max_iter=self.max_iter, max_backtracks=self.max_backtracks,
                                hessian=self.hessian)
 

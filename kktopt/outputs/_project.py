@@ -125,6 +125,28 @@ def project_outputs(
     minimiser when the reduced Hessian is positive definite (always for
     linear and convex constraints); a KKT point is what is checked.
 
+    Bounds (``lower``/``upper``, no ``inequality_fn``): a box alone is the
+    clip (exact in any diagonal metric, 0 or 1 iterations). With equalities,
+    each Gauss-Newton iteration solves the linearised problem with the box
+    exactly, through its concave dual in the m equality multipliers:
+    ``y(lambda) = clip(y_hat - W^-1 J^T lambda)``, maximised by semismooth
+    Newton, whose step is the m x m equality system on the free coordinates
+    (those strictly inside the box; an active bound fixes its coordinate),
+    with an Armijo search on the dual and a gradient step 1/L along rows the
+    free coordinates cannot reach (globally convergent ascent; piecewise
+    quadratic, so exact once the free set is right; Hintermuller, Ito and
+    Kunisch 2002). Linear equalities take one iteration plus the check.
+    ``CONVERGED`` means ``|c_j(y)| <= atol + tol s_j``, ``lower <= y <=
+    upper`` exactly, and the natural KKT residual ``||W^{1/2} (y -
+    clip(y_hat - W^-1 J^T lambda))||`` below the stationarity bound above.
+    An empty set (equalities that cannot hold in the box) ends ``MAX_ITER``
+    or ``STALLED``. For nonlinear equalities the iteration is Gauss-Newton
+    (linear rate, about ``|lambda| * curvature``): large corrections against
+    the constraints' curvature may end ``MAX_ITER``. The backward pass is
+    implicit on the free coordinates (projected CG preconditioned with
+    ``W``: exact in one step for linear equalities; Gould, Hribar and Nocedal
+    2001), zero on the fixed ones.
+
     Backward pass: implicit differentiation of the KKT conditions at ``y``
     (``jax.custom_vjp``), not unrolling: with ``H = W + sum_j nu_j
     Hess c_j(y)`` (working set only), the adjoint solves
@@ -149,6 +171,12 @@ def project_outputs(
       inequality_fn: optional inequalities ``g(y) <= 0`` of one sample.
       weight: optional positive diagonal weight ``W``, broadcastable to
         ``y_hat.shape`` (one sample's shape, or per sample); default 1.
+      lower, upper: optional bounds ``lower <= y <= upper`` (scalars, one
+        sample's shape or per sample; ``-inf``/``inf`` for none; fixed: no
+        gradient flows into them). Without ``inequality_fn`` they are
+        handled by elimination (see "Bounds" above): every iterate lies in
+        the box, so the bounds hold exactly. With ``inequality_fn`` they join
+        its rows (shared, concrete bounds only).
       tol: relative tolerance (Python float); default `default_tol` of the
         dtype (float32 2e-6, float64 1e-10).
       atol: absolute tolerance on constraint values, in their units.
@@ -181,6 +209,9 @@ def project_outputs(
       [True, True]
       >>> loss = lambda y_hat: jnp.sum(kktopt.project_outputs(on_sphere, y_hat)[0][:, 0])
       >>> g = jax.grad(loss)(y_hat)             # implicit, through the KKT system
+      >>> simplex = lambda y: jnp.sum(y, keepdims=True) - 1.0   # with y >= 0 (a bound)
+      >>> kktopt.project_outputs(simplex, jnp.array([[2.0, -1.0, 0.5]]), lower=0.0)[0].tolist()
+      [[1.0, 0.0, 0.0]]
 
     References:
       Min, Azizan (2024), "HardNet: Hard-Constrained Neural Networks with
@@ -230,7 +261,7 @@ def project_outputs(
                 f"weight of shape {weight.shape} does not broadcast to y_hat's shape {y_hat.shape}; "
                 f"give one sample's shape {sample_shape} or the full shape.") from err
         if not isinstance(weight, jax.core.Tracer):
-            if not bool(jnp.all(weight > 0)):
+            if not bool(np.all(np.asarray(weight) > 0)):
                 raise ValueError("weight must be positive (a diagonal metric); got a non-positive entry.")
 
     if has_bounds:
@@ -249,10 +280,13 @@ def project_outputs(
                 hi.reshape(batch, n))
             return y.reshape(y_hat.shape), info
         # with general inequalities the bounds join them as rows (dense active-set path)
-        inequality_fn = _with_bound_rows(inequality_fn, lo[0], hi[0]) if _shared(lo, hi) else None
-        if inequality_fn is None:
-            raise ValueError("per-sample bounds together with inequality_fn are not supported: give "
-                             "bounds of one sample's shape, or write them into inequality_fn.")
+        try:
+            lo1, hi1 = (np.broadcast_to(np.asarray(v if v is not None else fill, np.float64), sample_shape)
+                        for v, fill in ((lower, -np.inf), (upper, np.inf)))
+        except Exception as err:  # traced or per-sample bounds
+            raise ValueError("with inequality_fn, lower/upper must be concrete and shared by all samples "
+                             "(a scalar or one sample's shape); or write them into inequality_fn.") from err
+        inequality_fn = _with_bound_rows(inequality_fn, lo1.astype(dtype), hi1.astype(dtype))
 
     eq_fn, m_e = _as_flat_constraints(constraint_fn, sample_shape, dtype, "constraint_fn")
     in_fn, m_i = _as_flat_constraints(inequality_fn, sample_shape, dtype, "inequality_fn")
@@ -282,26 +316,20 @@ def _bounds(lower, upper, shape, sample_shape, dtype):
                 f"{name} of shape {b.shape} does not broadcast to y_hat's shape {shape}; give a "
                 f"scalar, one sample's shape {sample_shape} or the full shape.") from err
     lo, hi = out
-    if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
-        if bool(jnp.any(jnp.isnan(lo)) | jnp.any(jnp.isnan(hi))):
+    concrete = [np.asarray(b) for b in (lower, upper) if b is not None and not isinstance(b, jax.core.Tracer)]
+    if len(concrete) == sum(b is not None for b in (lower, upper)):
+        if any(np.isnan(b).any() for b in concrete):
             raise ValueError("lower/upper contain NaN; use -inf/inf for a missing bound.")
-        if bool(jnp.any(lo > hi)):
+        if lower is not None and upper is not None and np.any(concrete[0] > concrete[1]):
             raise ValueError("lower > upper somewhere: the box is empty; check the bounds.")
     return lo, hi
-
-
-def _shared(lo, hi):
-    """Whether the bounds are the same for every sample (needed to write them as rows)."""
-    if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
-        return False
-    return bool(jnp.all(lo == lo[:1]) & jnp.all(hi == hi[:1]))
 
 
 def _with_bound_rows(inequality_fn, lo, hi):
     """``g`` extended by the finite bounds as rows ``y - upper <= 0``, ``lower - y <= 0``."""
     lo_idx = np.flatnonzero(np.isfinite(np.asarray(lo)).ravel())
     hi_idx = np.flatnonzero(np.isfinite(np.asarray(hi)).ravel())
-    lo_v, hi_v = jnp.ravel(lo)[lo_idx], jnp.ravel(hi)[hi_idx]
+    lo_v, hi_v = np.ravel(lo)[lo_idx], np.ravel(hi)[hi_idx]
 
     def extended(y):
         flat = jnp.ravel(y)

@@ -79,8 +79,11 @@ def scale_by_adam_kkt(
         :func:`kktopt.project_kkt`).
       learning_rate: a float or an optax schedule.
       b1, b2, eps, eps_root: Adam's parameters, as in ``optax.adam``.
-      solver, active, inequality, inequality_rounds, memory, check_constraints, jacobian, alpha:
+      solver, active, inequality, inequality_rounds, memory, jacobian, alpha:
         as in :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
+      check_constraints: as in :func:`kktopt.project_kkt`: the residual
+        ``||A dw + c|| / ||c||`` is always measured for ``KKTInfo.status``;
+        False only hides it (``linearized_residual = -1``).
 
     Returns:
       A ``GradientTransformationExtraArgs``; call

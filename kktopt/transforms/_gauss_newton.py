@@ -79,11 +79,17 @@ def gauss_newton_kkt(
         [ J^T J + eta I   A^T ] [ dw     ]   [ -J^T r ]
         [ A               0   ] [ Lambda ] = [ -c     ]
 
-    matrix-free with MINRES-QLP, every product through JVPs and VJPs of the
-    linearised residual and constraint maps (Algorithm 2; the metric:
-    :func:`kktopt.kkt.gauss_newton_metric`). With no active constraint the
-    step is the Levenberg-Marquardt step ``-(J^T J + eta I)^-1 J^T r`` (to
-    the solver's tolerance).
+    every product with ``J^T J`` through a JVP and a VJP of the linearised
+    residual map (the metric: :func:`kktopt.kkt.gauss_newton_metric`). The
+    default solver (``method="auto"``) is projected conjugate gradients
+    (``"projected_cg"``): the minimum-norm solution of the rows from a dense
+    QR factor of ``A``, then CG on ``J^T J + eta I`` in the null space of
+    ``A``, which meets the rows to the factor's accuracy and needs at most
+    ``n_r + 1`` iterations for ``n_r`` residuals in exact arithmetic; when
+    ``A`` is too large to form (``m > 256`` rows or more than 32M entries) it
+    is MINRES-QLP on the full system, matrix-free (Algorithm 2). With no
+    active constraint the step is the Levenberg-Marquardt step
+    ``-(J^T J + eta I)^-1 J^T r`` (to the solver's tolerance).
 
     This is a complete optimiser: it forms ``J^T r`` itself from
     ``residual_fn`` and ignores the incoming updates.
@@ -94,10 +100,15 @@ def gauss_newton_kkt(
       constraint_fn: ``(params, constraint_batch) -> Array``.
       damping: eta > 0.
       solver: a :class:`kktopt.KKTSolver` with ``system="full"`` (default
-        ``KKTSolver(system="full")``, MINRES-QLP); the Schur complement would
-        need ``(J^T J + eta I)^-1``.
-      active, inequality, inequality_rounds, memory, check_constraints, jacobian, alpha: as in
+        ``KKTSolver(system="full")``, ``method="auto"``: ``"projected_cg"``
+        when ``A`` is small enough to factor, else ``"minres_qlp"``); the
+        Schur complement would need ``(J^T J + eta I)^-1``.
+      active, inequality, inequality_rounds, memory, jacobian, alpha: as in
         :func:`kktopt.project_kkt` (``alpha``: ``A dw = -alpha c``).
+      check_constraints: as in :func:`kktopt.project_kkt`: the residual
+        ``||A dw + c|| / ||c||`` is always measured for ``KKTInfo.status``;
+        False only hides it (``linearized_residual = -1``). A NaN or Inf in
+        the residuals gives a NaN step with ``KKTStatus.NONFINITE``.
 
     Returns:
       A ``GradientTransformationExtraArgs``; call ``tx.update(grads, state,
@@ -115,6 +126,9 @@ def gauss_newton_kkt(
 
     References:
       Marquez-Neila, Salzmann and Fua (2017), Eq. 6 and Algorithm 2.
+      N. I. M. Gould, M. E. Hribar and J. Nocedal, "On the solution of
+      equality constrained quadratic programming problems arising in
+      optimization", SIAM J. Sci. Comput. 23(4):1376-1395, 2001 (projected CG).
     """
     options = _pipeline.hard_options(
         "gauss_newton_kkt", solver=solver, active=active, inequality=inequality,

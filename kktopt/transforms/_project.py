@@ -61,8 +61,9 @@ def project_kkt(
     one. With no active constraint the incoming step is returned unchanged.
 
     Non-finite inputs (NaN or Inf in the constraint values or the incoming
-    step) give a NaN step, a NaN ``linearized_residual`` and the stop code
-    ``Stop.NONFINITE_INPUT`` (19), never a step that reads as projected;
+    step) give a NaN step, a NaN ``linearized_residual``, the status
+    ``KKTStatus.NONFINITE`` and the inner stop code ``Stop.NONFINITE_INPUT``
+    (19), never a step that reads as projected;
     ``optax.chain(tx, optax.zero_nans())`` skips such steps (a zero update).
 
     Freezing parameters: ``optax.masked`` and ``optax.multi_transform`` hide
@@ -78,9 +79,11 @@ def project_kkt(
       constraint_fn: ``(params, constraint_batch) -> Array`` of constraint
         values (every entry one constraint ``C_jk``; equality means 0). With
         a selector, its output must have the sample axis first.
-      solver: a :class:`kktopt.KKTSolver`; default ``KKTSolver()``:
-        MINRES-QLP on the m x m Schur complement, matrix-free (the fastest in
-        ``benchmarks/step_cost.py``). ``KKTSolver(system="full")`` is the
+      solver: a :class:`kktopt.KKTSolver`; default ``KKTSolver()``
+        (``method="auto"``: the dense minimum-norm correction ``"qr"`` for
+        ``m <= 256`` rows and at most 32M Jacobian entries, else MINRES-QLP
+        on the m x m Schur complement with refinement on the constraint rows;
+        see :func:`kktopt.kkt.auto_method` and ``benchmarks/kkt_accuracy.py``). ``KKTSolver(system="full")`` is the
         paper's Algorithm 1; ``KKTSolver(method="dense",
         jacobian="per_sample")`` the exact dense Schur solve, cheap when m
         is small and the constraints are separable over samples.
@@ -100,12 +103,16 @@ def project_kkt(
         each): rows the step violates join, rows with a negative
         multiplier leave, until the step solves the linearised inequality
         QP ``min ||dw - u||_D s.t. A dw <= -c``. If the set has not settled
-        after k rounds the stop code is ``Stop.ACTIVE_SET_LIMIT`` (20).
+        after k rounds the status is ``KKTStatus.ACTIVE_SET_LIMIT`` (not a
+        success; the inner stop code ``Stop.ACTIVE_SET_LIMIT``, 20).
       memory: ``kktopt.memory.multiplier_memory(...)``: remembered pool
         samples whose stored multipliers keep pulling the step after they
         leave the active set (see :mod:`kktopt.memory`).
-      check_constraints: record ``||A dw + c|| / ||c||`` in the state (one
-        extra JVP per step).
+      check_constraints: record ``||A dw + c|| / ||c||`` as
+        ``KKTInfo.linearized_residual``. The residual is always measured (one
+        JVP per step, on the true rows) to decide ``KKTInfo.status`` and the
+        refinement rounds; ``check_constraints=False`` only hides it
+        (``linearized_residual = -1``) and saves nothing.
       jacobian: deprecated, use ``solver=kktopt.KKTSolver(jacobian=...)``.
       alpha: the feedback gain: the step meets ``A dw = -alpha c``, removing
         the share ``alpha`` in (0, 1] of the linearised violation (1, the
