@@ -25,7 +25,7 @@ def test_krylov_kkt_alias():
     assert type(s) is KKTSolver
     assert isinstance(s, kktopt.KrylovKKT) and not isinstance(s, kktopt.SchurKKT)
     with pytest.warns(DeprecationWarning):
-        assert kktopt.KrylovKKT() == KKTSolver(system="full")
+        assert kktopt.KrylovKKT() == KKTSolver(system="full", method="minres_qlp")
 
 
 def test_schur_kkt_alias():

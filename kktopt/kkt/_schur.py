@@ -193,9 +193,14 @@ def _qr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> K
     y = factor.apply(rs)
     for _ in range(max(cfg.refine, 1)):
         y = y + factor.apply(rs - jnp.matmul(b, y, precision=_HIGHEST))
-    # y = B^T lam, so lam = pinv(B^T) y = V S^+ U^T Q^T y.
-    t = jnp.matmul(factor.u.T, jnp.matmul(y, factor.q, precision=_HIGHEST), precision=_HIGHEST)
-    lam = jnp.matmul(factor.vt.T, factor.inverse * t, precision=_HIGHEST) * scale
+    # y = B^T lam, so lam = pinv(B^T) y: V S^+ U^T Q^T y for a wide B (B^T = Q U S V^T),
+    # Q U S^+ V^T y for a tall one (more rows than parameters: B = Q U S V^T).
+    if factor.wide:
+        t = jnp.matmul(factor.u.T, jnp.matmul(y, factor.q, precision=_HIGHEST), precision=_HIGHEST)
+        lam = jnp.matmul(factor.vt.T, factor.inverse * t, precision=_HIGHEST) * scale
+    else:
+        t = factor.inverse * jnp.matmul(factor.vt, y, precision=_HIGHEST)
+        lam = jnp.matmul(factor.q, jnp.matmul(factor.u, t, precision=_HIGHEST), precision=_HIGHEST) * scale
     y = y * scale
     res = r_ok - jnp.matmul(b, y, precision=_HIGHEST)
     rnorm = jnp.linalg.norm(res)

@@ -46,7 +46,7 @@ class KKTInfo(NamedTuple):
     def empty(cls, dtype) -> "KKTInfo":
         f = jnp.zeros((), dtype)
         i = jnp.zeros((), jnp.int32)
-        return cls(SolverInfo.empty(dtype), i, f, f, f, jnp.full((), KKTStatus.NO_ACTIVE, jnp.int32), i)
+        return cls(SolverInfo.empty(dtype), i, f, f, f, jnp.array(int(KKTStatus.NO_ACTIVE), jnp.int32), i)
 
     @property
     def success(self) -> jax.Array:
@@ -75,7 +75,7 @@ class KKTInfo(NamedTuple):
             lin_res = jnp.where(cnorm == 0, 0, res / jnp.where(cnorm == 0, 1, cnorm))
         status = sol.status
         if status is None:
-            status = jnp.full((), KKTStatus.UNCHECKED, jnp.int32)
+            status = jnp.array(int(KKTStatus.UNCHECKED), jnp.int32)
         if not check_constraints:
             lin_res = jnp.full((), -1, c.dtype)
         refinements = jnp.zeros((), jnp.int32) if sol.refinements is None else sol.refinements
