@@ -227,7 +227,7 @@ def test_gauss_newton_default_matches_dense_eq6(dtype, eta):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("path", ["dense", "per_sample", "lsmr"])
+@pytest.mark.parametrize("path", ["dense", "per_sample", pytest.param("lsmr", marks=pytest.mark.slow)])
 def test_projected_cg_against_dense_references(dtype, path, monkeypatch):
     """Closest-step form (SGD, Adam metric) and gradient form (Eq. 6, vmapped over eta), jit."""
     from kktopt.kkt import _projected as projected
