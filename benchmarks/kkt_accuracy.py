@@ -43,6 +43,8 @@ import kktopt
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests"))
+from _problems import sphere_sum_mlp  # noqa: E402
 from _results import RESULTS, replace_section  # noqa: E402
 
 SOLVERS = {
@@ -60,33 +62,13 @@ GN_SOLVERS = {
 
 
 def mlp_problem(n, dtype, seed=0):
-    widths = (4, 16, 16, 3)
-    rng = np.random.default_rng(seed)
-    params = [
-        {"w": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), dtype), "b": jnp.asarray(0.1 * rng.normal(size=b), dtype)}
-        for a, b in zip(widths[:-1], widths[1:])
-    ]
-    xc = jnp.asarray(rng.normal(size=(16, 4)), dtype)[:n]
-    xl = jnp.asarray(rng.normal(size=(64, 4)), dtype)
-    yl = jnp.asarray(rng.normal(size=(64, 3)), dtype)
+    """The MLP of ``tests/test_kkt_numerics.py`` (R^4 -> R^3, ||y|| = 1 and sum(y) = 0 on n inputs)."""
+    params, pool, cfn, _, residuals, (xl, yl) = sphere_sum_mlp(n, dtype, seed)
 
-    def f(p, x):
-        h = x
-        for layer in p[:-1]:
-            h = jnp.tanh(h @ layer["w"] + layer["b"])
-        return h @ p[-1]["w"] + p[-1]["b"]
+    def f_loss(p, batch):  # the mean squared error over the 64 x 3 labels
+        return jnp.sum(residuals(p, batch) ** 2) / yl.shape[1]
 
-    def cfn(p, x):
-        y = f(p, x)
-        return jnp.stack([jnp.sum(y * y, -1) - 1.0, jnp.sum(y, -1)], -1)
-
-    def loss(p, batch):
-        return jnp.mean((f(p, batch[0]) - batch[1]) ** 2)
-
-    def residuals(p, batch):
-        return ((f(p, batch[0]) - batch[1]) / np.sqrt(batch[0].shape[0])).reshape(-1)
-
-    return dict(params=params, cfn=cfn, loss=loss, residuals=residuals, batch=(xl, yl), pool=xc,
+    return dict(params=params, cfn=cfn, loss=f_loss, residuals=residuals, batch=(xl, yl), pool=pool,
                 active=None, lr=0.05, damping=1e-2, m=2 * n)
 
 

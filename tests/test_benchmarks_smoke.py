@@ -34,6 +34,7 @@ def _run(script, *args, timeout=600):
     return out.stdout
 
 
+@pytest.mark.slow  # one step per solver, dtype and size: half a minute on 2 cores
 def test_kkt_accuracy_quick_mlp_rows_agree_with_their_reported_residual():
     # One problem (m = 16), the default solvers, both dtypes: the float64
     # residual recomputed by the script must agree with the step's own

@@ -10,37 +10,10 @@ from jax.flatten_util import ravel_pytree
 import kktopt
 from kktopt.kkt import KKTStatus
 
+from _problems import sphere_sum_mlp as mlp
+
 DTYPES = [jnp.float32, jnp.float64]
 TARGET = {jnp.float32: 1e-3, jnp.float64: 1e-8}
-
-
-def mlp(n, dtype, seed=0):
-    """The MLP R^4 -> R^3 with ||y|| = 1 and sum(y) = 0 on n inputs (n = 16: m = 32, cond(A) about 640)."""
-    widths = (4, 16, 16, 3)
-    rng = np.random.default_rng(seed)
-    params = [
-        {"w": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), dtype), "b": jnp.asarray(0.1 * rng.normal(size=b), dtype)}
-        for a, b in zip(widths[:-1], widths[1:])
-    ]
-    xc = jnp.asarray(rng.normal(size=(16, 4)), dtype)[:n]
-    xl = jnp.asarray(rng.normal(size=(64, 4)), dtype)
-    yl = jnp.asarray(rng.normal(size=(64, 3)), dtype)
-
-    def f(p, x):
-        h = x
-        for layer in p[:-1]:
-            h = jnp.tanh(h @ layer["w"] + layer["b"])
-        return h @ p[-1]["w"] + p[-1]["b"]
-
-    def cfn(p, x):
-        y = f(p, x)
-        return jnp.stack([jnp.sum(y * y, -1) - 1.0, jnp.sum(y, -1)], -1)
-
-    def residuals(p, batch):
-        return ((f(p, batch[0]) - batch[1]) / 8.0).reshape(-1)
-
-    grads = jax.grad(lambda p: jnp.mean((f(p, xl) - yl) ** 2))(params)
-    return params, xc, cfn, grads, residuals, (xl, yl)
 
 
 def dense(fn, params, *args):

@@ -180,7 +180,7 @@ def random_singular(seed: int, n: int, nullity: int, definite: bool):
     return a, b
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(
     seed=st.integers(0, 2**31 - 1),
     n=st.integers(2, 24),

@@ -320,6 +320,7 @@ def test_bad_input_errors_name_the_fix():
         project_outputs(lambda y: y, jnp.ones((2, 3), jnp.int32))
 
 
+@pytest.mark.slow  # the default run executes these docstrings already (--doctest-modules)
 @pytest.mark.parametrize("module", [outputs._project, outputs._layer])
 def test_docstring_examples(module):
     import kktopt

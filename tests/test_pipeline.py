@@ -204,10 +204,11 @@ def test_selectors_record_the_samples_they_chose(x64):
     params, grads, pool = problem(jnp.float64, n=7)
     for selector in (random_samples(4, seed=7), mined_samples(3)):
         tx = kktopt.hard_sgd(0.1, cfn, active=selector, solver=KKTSolver(method="dense"))
+        update = jax.jit(tx.update)
         state = tx.init(params)
         p = params
         for _ in range(2):
-            dw, state = tx.update(grads, state, p, constraint_batch=pool)
+            dw, state = update(grads, state, p, constraint_batch=pool)
             idx = np.asarray(state[1].active.indices)
             assert idx.dtype == np.int32 and len(set(idx.tolist())) == selector.k
             if isinstance(selector, kktopt.active.MinedSamples):

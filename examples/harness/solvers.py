@@ -13,7 +13,7 @@ transforms take.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import kktopt
 

@@ -24,9 +24,9 @@ from kktopt.kkt._solver import SchurKKT as SchurKKT
 from kktopt.kkt._solver import auto_method as auto_method
 from kktopt.kkt._solver import default_constraint_rtol as default_constraint_rtol
 from kktopt.kkt._solver import default_maxiter as default_maxiter
-from kktopt.krylov._info import KKT_SUCCESS_CODES as KKT_SUCCESS_CODES
-from kktopt.krylov._info import KKTStatus as KKTStatus
-from kktopt.krylov._info import kkt_status_message as kkt_status_message
+from kktopt._status import KKT_SUCCESS_CODES as KKT_SUCCESS_CODES
+from kktopt._status import KKTStatus as KKTStatus
+from kktopt._status import kkt_status_message as kkt_status_message
 from kktopt.kkt._solver import default_rtol as default_rtol
 from kktopt.kkt._solver import methods as methods
 from kktopt.kkt._solver import register_method as register_method

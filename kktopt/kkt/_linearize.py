@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from kktopt._tree import batch_size
+from kktopt._tree import as_array_fn, batch_size
 
 PyTree = Any
 
@@ -91,31 +91,6 @@ class Linearization(NamedTuple):
         mask = (jnp.asarray(mask, self.c.dtype) * self.rows).astype(self.c.dtype)
         return _masked(self.values.reshape(-1), mask, self.shape, self.full_jvp, self.full_vjp,
                        self.rows, self.full_matrix, self.unravel)
-
-
-def as_array_fn(constraint_fn: Callable[[PyTree, Any], Any]) -> Callable[[PyTree, Any], jax.Array]:
-    """``constraint_fn`` with an array-like output (Python or NumPy scalar, NumPy array) made a JAX array.
-
-    A Python number takes the dtype of the parameters (it is weakly typed);
-    a tuple, list or dict is passed through, for :func:`_check_output` to
-    reject with its message.
-    """
-    if getattr(constraint_fn, "_kktopt_as_array", False):
-        return constraint_fn
-
-    def wrapped(params, batch):
-        out = constraint_fn(params, batch)
-        if isinstance(out, (bool, int, float, np.ndarray, np.generic)):
-            leaves = [x for x in jax.tree_util.tree_leaves(params) if hasattr(x, "dtype")]
-            weak = isinstance(out, (int, float)) and not isinstance(out, bool)
-            out = jnp.asarray(out)
-            if weak and leaves and jnp.issubdtype(jnp.result_type(*leaves), jnp.floating):
-                out = out.astype(jnp.result_type(*leaves))
-        return out
-
-    wrapped._kktopt_as_array = True
-    wrapped.__wrapped__ = constraint_fn
-    return wrapped
 
 
 def _check_output(out, params) -> None:

@@ -43,7 +43,7 @@ from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt.kkt._solver import AUTO_QR_MAX_ENTRIES, AUTO_QR_MAX_ROWS, KKTSolution, KKTSolver, register_method
 from kktopt.krylov import SolverInfo, Stop, lsmr, min_norm_factor
-from kktopt.krylov._tree import pow2_scale
+from kktopt._tree import pow2_scale
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

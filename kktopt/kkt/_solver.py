@@ -35,7 +35,7 @@ from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt import _tree
 from kktopt.krylov import SolverInfo
-from kktopt.krylov._info import KKTStatus, kkt_status
+from kktopt._status import KKTStatus, kkt_status
 
 PyTree = Any
 

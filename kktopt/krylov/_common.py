@@ -9,7 +9,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from kktopt.krylov import _operator, _tree
+from kktopt import _tree
+from kktopt.krylov import _operator
 from kktopt.krylov._info import SolverInfo, Stop, stop_message
 
 PyTree = Any

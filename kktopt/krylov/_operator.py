@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktopt.krylov import _tree
+from kktopt import _tree
 
 PyTree = Any
 Matvec = Callable[[PyTree], PyTree]

@@ -17,7 +17,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kktopt.krylov import _common, _operator, _tree
+from kktopt import _tree
+from kktopt.krylov import _common, _operator
 from kktopt.krylov._info import SolverInfo, Stop
 
 PyTree = Any

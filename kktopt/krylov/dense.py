@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from kktopt.krylov import _common, _operator, _tree
+from kktopt import _tree
+from kktopt.krylov import _common, _operator
 from kktopt.krylov._info import SolverInfo, Stop
 
 PyTree = Any

@@ -18,7 +18,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kktopt.krylov import _common, _tree
+from kktopt import _tree
+from kktopt.krylov import _common
 from kktopt.krylov._info import SolverInfo, Stop
 
 PyTree = Any

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from kktopt.kkt import KKTSolution, Linearization
 from kktopt.krylov import SolverInfo
-from kktopt.krylov._info import KKTStatus, kkt_status_message, kkt_success
+from kktopt._status import KKTStatus, kkt_status_message, kkt_success
 
 PyTree = Any
 

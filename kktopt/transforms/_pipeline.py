@@ -26,9 +26,9 @@ import optax
 from kktopt import _tree
 from kktopt.active import AllSamples, Selector
 from kktopt.kkt import KKTSolver, Metric, euclidean_metric, linearize_constraints
-from kktopt.kkt._linearize import as_array_fn
+from kktopt._tree import as_array_fn
 from kktopt.krylov import Stop
-from kktopt.krylov._info import mark_step
+from kktopt._status import mark_step
 from kktopt.memory import MultiplierMemory
 from kktopt.transforms._info import KKTInfo
 
@@ -213,7 +213,7 @@ def _all_finite(tree) -> jax.Array:
 def _with_status(info: KKTInfo, flag: jax.Array, code: int, residual=None) -> KKTInfo:
     """``info`` where ``flag`` holds: the hard step's stop code ``code`` on ``info.solver.istop``,
     the :class:`~kktopt.kkt.KKTStatus` it implies on ``info.status`` (see
-    :func:`kktopt.krylov._info.mark_step`), and the residual replaced, if given."""
+    :func:`kktopt._status.mark_step`), and the residual replaced, if given."""
     status, istop = mark_step(info.status, info.solver.istop, flag, code)
     info = info._replace(solver=info.solver._replace(istop=istop), status=status)
     if residual is not None:

@@ -304,10 +304,11 @@ def _check_metrics(m):
     assert np.all((0 <= frac) & (frac <= 1)) and np.all(np.diff(frac) >= 0)
 
 
+@pytest.mark.slow  # two CLI runs of the tiny preset: one to two minutes on 2 cores
 def test_tiny_run_end_to_end_with_resume(tmp_path, request):
     preset = pose.PRESETS["tiny"]
     out = tmp_path / "run"
-    cache = request.config.cache.mkdir("kktopt_pose_jax_cache") if request.config.cache else (
+    cache = request.config.cache.mkdir("kktopt_pose_jax_cache") if getattr(request.config, "cache", None) else (
         tmp_path / "jax_cache")
     soft, hard_sgd = preset.methods[0], preset.methods[1]
     assert (soft.method, hard_sgd.method) == ("soft-adam", "hard-sgd")
