@@ -136,23 +136,26 @@ def test_lsmr_warm_start_gives_min_norm_correction(x64):
 def test_lsmr_edge_cases(x64, dtype):
     a, b = problems()["wide"]
     aj, bj, _, _ = as_dtype(a, b, dtype)
-    x, info = lsmr(aj, None, jnp.zeros_like(bj))
+    # One compiled solve for every case of the same shape (eager calls would
+    # compile the while loop anew each time); maxiter is traced.
+    jit_lsmr = jax.jit(lambda a, b, maxiter=None: lsmr(a, None, b, maxiter=maxiter))
+    x, info = jit_lsmr(aj, jnp.zeros_like(bj))
     assert int(info.istop) == Stop.ZERO_RHS and not np.any(np.asarray(x))
     # b orthogonal to the range of A (here A = 0): x = 0 is the least-squares answer
-    x, info = lsmr(jnp.zeros_like(aj), None, bj)
+    x, info = jit_lsmr(jnp.zeros_like(aj), bj)
     assert int(info.istop) == Stop.LEAST_SQUARES_EPS and not np.any(np.asarray(x))
     assert float(info.relres) == 1.0 and float(info.relares) == 0.0
-    x, info = lsmr(aj, None, bj, maxiter=0)
+    x, info = jit_lsmr(aj, bj, maxiter=0)
     assert int(info.istop) == Stop.MAXITER and int(info.iterations) == 0 and not np.any(np.asarray(x))
     x, info = lsmr(jnp.zeros((0, 3), dtype), None, jnp.zeros((0,), dtype))
     assert x.shape == (3,) and int(info.istop) == Stop.ZERO_RHS
-    x, info = lsmr(aj, None, bj.at[1].set(jnp.nan))
+    x, info = jit_lsmr(aj, bj.at[1].set(jnp.nan))
     assert int(info.istop) == Stop.NONFINITE and np.all(np.isfinite(np.asarray(x)))
     # scaling: the scaled solution, no over- or underflow
-    ref, _ = lsmr(aj, None, bj)
+    ref, _ = jit_lsmr(aj, bj)
     big = 1e160 if dtype == jnp.float64 else 1e30
     for s in (big, 1 / big):
-        xs, info = lsmr(aj, None, bj * s)
+        xs, info = jit_lsmr(aj, bj * s)
         assert bool(info.success), (s, info.describe())
         np.testing.assert_allclose(np.asarray(xs, np.float64) / s, np.asarray(ref, np.float64), rtol=XTOL[dtype])
         assert np.isfinite(float(info.rnorm)) and np.isfinite(float(info.xnorm))
