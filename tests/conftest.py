@@ -83,6 +83,12 @@ SLOW_CASES = {
     "tests/test_pipeline.py::test_schur_minres_matches_dense",
     "tests/test_transforms.py::test_nearly_dependent_constraints_stay_finite",
     "tests/test_transforms.py::test_hard_sgd_matches_dense_eq5[krylov-noprecond-matrix_free]",
+    # Covered in the default run by test_kkt_numerics.py (Gauss-Newton against a
+    # dense Eq. 6 solve), test_krylov_benchmark_quick_runs (a benchmark smoke
+    # test) and the box and linear-equality cases of test_outputs.py.
+    "tests/test_transforms.py::test_gauss_newton_matches_dense_eq6",
+    "tests/test_benchmarks_smoke.py::test_step_cost_quick_table_has_status_and_residual_columns",
+    "tests/test_outputs.py::test_linear_equalities_plus_box",
 }
 
 
