@@ -105,32 +105,24 @@ def build_mlp(seed: int, preset: str):
 # The method table: name -> (transform, solver key, constraint batch, memory).
 # Solver keys name one configuration in both APIs (``solver_for``); a row whose
 # key has no counterpart in the earlier kktopt is timed only for the current one.
-TABLE = [
-    ("Soft-Adam", "soft", None, "plain", False),
-]
-for _sel, _suffix in (("plain", ""), ("pool", ", mined 16/128")):
-    TABLE += [
-        (f"Hard-SGD default (auto){_suffix}", "sgd", "default", _sel, False),
-        (f"Hard-SGD qr{_suffix}", "sgd", "qr", _sel, False),
-        (f"Hard-SGD qr per-sample Jacobian{_suffix}", "sgd", "qr per_sample", _sel, False),
-        (f"Hard-SGD lsmr{_suffix}", "sgd", "lsmr", _sel, False),
-    ]
-for _sel, _suffix in (("plain", ""), ("pool", ", mined 16/128")):
-    TABLE += [
-        (f"Hard-SGD MINRES-QLP{_suffix}", "sgd", "full minres_qlp", _sel, False),
-        (f"Hard-SGD MINRES-QLP on Schur complement{_suffix}", "sgd", "schur minres_qlp", _sel, False),
-        (f"Hard-SGD dense Schur{_suffix}", "sgd", "schur dense", _sel, False),
-    ]
+def _with_and_without_mining(label, transform, rows):
+    """``rows`` = [(name, solver key)] of ``label``, each on 16 samples, then each mined 16/128."""
+    return [(f"{label} {name}{suffix}", transform, key, sel, False)
+            for sel, suffix in (("plain", ""), ("pool", ", mined 16/128")) for name, key in rows]
+
+
+TABLE = [("Soft-Adam", "soft", None, "plain", False)]
+_NEW_METHODS = [("default (auto)", "default"), ("qr", "qr"), ("qr per-sample Jacobian", "qr per_sample"),
+                ("lsmr", "lsmr")]
+TABLE += _with_and_without_mining("Hard-SGD", "sgd", _NEW_METHODS)
+TABLE += _with_and_without_mining("Hard-SGD", "sgd", [
+    ("MINRES-QLP", "full minres_qlp"), ("MINRES-QLP on Schur complement", "schur minres_qlp"),
+    ("dense Schur", "schur dense"),
+])
 TABLE += [
     ("Hard-SGD MINRES-QLP on Schur complement, mined 16/128, memory 128", "sgd", "schur minres_qlp", "pool", True),
 ]
-for _sel, _suffix in (("plain", ""), ("pool", ", mined 16/128")):
-    TABLE += [
-        (f"Hard-Adam default (auto){_suffix}", "adam", "default", _sel, False),
-        (f"Hard-Adam qr{_suffix}", "adam", "qr", _sel, False),
-        (f"Hard-Adam qr per-sample Jacobian{_suffix}", "adam", "qr per_sample", _sel, False),
-        (f"Hard-Adam lsmr{_suffix}", "adam", "lsmr", _sel, False),
-    ]
+TABLE += _with_and_without_mining("Hard-Adam", "adam", _NEW_METHODS)
 TABLE += [
     ("Hard-Adam MINRES-QLP", "adam", "full minres_qlp", "plain", False),
     ("Hard-Adam MINRES-QLP on Schur complement", "adam", "schur minres_qlp", "plain", False),
