@@ -77,3 +77,13 @@ def test_step_cost_before_builds_the_same_rows_with_the_earlier_kktopt():
     rows = [line for line in stdout.splitlines() if line.startswith("| Hard-")]
     assert rows and all(len(r.strip("|").split("|")) == 9 for r in rows), stdout
     assert all("istop" in r for r in rows), stdout  # the earlier version reported istop only
+
+
+@pytest.mark.slow  # compiles the tiny pose step twice (single and vmapped)
+def test_study_vmap_benchmark_tiny_runs():
+    stdout = _run("study_vmap.py", "--base", "tiny", "--families", "soft-adam", "--sizes", "2",
+                  "--repeats", "1")
+    line = next(line for line in stdout.splitlines() if line.startswith("soft-adam"))
+    assert "vmapped / in turn" in line
+    ratio = float(line.rsplit(" ", 1)[-1])
+    assert ratio > 0

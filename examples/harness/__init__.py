@@ -20,6 +20,7 @@ pytest adds it through ``pythonpath`` in ``pyproject.toml``).
 """
 
 from harness.checkpoints import load_tree as load_tree
+from harness.checkpoints import resume as resume
 from harness.checkpoints import save_tree as save_tree
 from harness.progress import progress as progress
 from harness.results import fingerprint as fingerprint
@@ -51,6 +52,7 @@ __all__ = [
     "load_tree",
     "progress",
     "read_json",
+    "resume",
     "save_tree",
     "solve_record",
     "solver_choice",

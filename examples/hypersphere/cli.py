@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import harness
-from hypersphere.config import METHODS, HypersphereConfig
+from hypersphere.config import ALL_METHODS, METHODS, HypersphereConfig
 from hypersphere.report import format_table, plot_fig4
 from hypersphere.run import run
 
@@ -58,7 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="relative tolerance of the iterative methods (default: 1e-4 in float32, 1e-8 in float64)")
     p.add_argument("--memory", type=int, default=d.memory,
                    help="samples remembered by hard-memory's multiplier memory (default %(default)s)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help="feedback gain of hard-alpha, A dw = -alpha c (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum,
+                   help="heavy-ball coefficient of sqp-momentum (default %(default)s)")
+    p.add_argument("--penalty", type=float, default=None,
+                   help="augmented-Lagrangian penalty rho of auglag, also its dual step (default 2 lam)")
+    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                   help="methods to run (default the paper's five; extra: " + ", ".join(ALL_METHODS[len(METHODS):]) + ")")
     p.add_argument("--centre-spread", choices=["matched", "literal"], default=d.centre_spread,
                    help="matched: per-coordinate variance 0.01*2/d (paper's d=2 geometry); literal: 0.01")
     p.add_argument("--start-distance", type=float, default=d.start_distance, help="||x0|| (default %(default)s)")
@@ -89,7 +96,8 @@ def main(argv=None) -> None:
             dim=a.dim, constraints=a.constraints, active=a.active, iters=a.iters, lam=a.lam, seed=a.seed,
             radius=a.radius, centre_spread=a.centre_spread, start_distance=a.start_distance,
             soft_lr=a.soft_lr, hard_lr=a.hard_lr, system=a.system, method=a.method, jacobian=a.jacobian,
-            rtol=a.rtol, dtype=a.dtype, memory=a.memory,
+            rtol=a.rtol, dtype=a.dtype, memory=a.memory, alpha=a.alpha, momentum=a.momentum,
+            penalty=a.penalty,
         )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None

@@ -7,10 +7,20 @@ from typing import Any, Literal
 
 from harness.solvers import SolverChoice, legacy_system, solver_choice
 
-__all__ = ["AUTO_SOLVERS", "METHODS", "HypersphereConfig"]
+__all__ = ["ALL_METHODS", "AUTO_SOLVERS", "EXTRA_METHODS", "METHODS", "HypersphereConfig"]
 
 METHODS: tuple[str, ...] = ("soft", "hard", "hard-fixed", "hard-all", "hard-memory")
-"""The five methods, in the order they are run and plotted."""
+"""The paper's five methods, in the order they are run and plotted (the default run)."""
+
+EXTRA_METHODS: tuple[str, ...] = ("hard-alpha", "sqp-momentum", "auglag")
+"""Methods beyond the paper, run when named (``--methods``): ``hard`` with the
+feedback gain ``alpha`` (``A dw = -alpha c``), ``kktopt.sqp_momentum`` (heavy
+ball on projected gradients, Piermarini et al. 2026) on ``hard``'s random
+sets, and ``kktopt.augmented_lagrangian`` (one multiplier per sphere, dual
+step = penalty) before ``optax.sgd`` on the same random sets."""
+
+ALL_METHODS: tuple[str, ...] = METHODS + EXTRA_METHODS
+"""Every method, in the order they are run and plotted."""
 
 AUTO_SOLVERS: dict[tuple[str, str], tuple[str, str]] = {}
 """Per-method solver choices (``(system, method) -> (solver method, jacobian)``)
@@ -76,6 +86,13 @@ class HypersphereConfig:
         ``A A^T`` has a condition number of about 2e6).
       memory: number of remembered samples of ``hard-memory``'s
         :func:`kktopt.memory.multiplier_memory` (default all m).
+      alpha: the feedback gain of ``hard-alpha`` (``A dw = -alpha c``).
+      momentum: the heavy-ball coefficient of ``sqp-momentum``.
+      penalty: the augmented-Lagrangian penalty rho of ``auglag`` (also its
+        dual step size); default ``2 lam``, the quadratic weight of ``soft``'s
+        penalty per constraint. Its SGD learning rate is ``1 / (1 + penalty *
+        active)``, half the stability bound of the penalty on ``active``
+        nearly parallel rows.
       solver: deprecated spelling of ``system`` (``"krylov"`` means
         ``"full"``); None unless given.
     """
@@ -98,6 +115,9 @@ class HypersphereConfig:
     rtol: float | None = None
     dtype: Literal["float64", "float32"] = "float64"
     memory: int = 200
+    alpha: float = 0.5
+    momentum: float = 0.9
+    penalty: float | None = None
     solver: str | None = None
 
     def __post_init__(self):
@@ -126,6 +146,12 @@ class HypersphereConfig:
             raise ValueError(f"hard_lr must be positive, got {self.hard_lr!r}.")
         if not isinstance(self.memory, int) or self.memory < 0:
             raise ValueError(f"memory must be an integer >= 0, got {self.memory!r}.")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+        if self.penalty is not None and not self.penalty > 0:
+            raise ValueError(f"penalty must be positive (or None for 2 lam), got {self.penalty!r}.")
         if self.rtol is not None and not 0 <= self.rtol < 1:
             raise ValueError(f"rtol must be in [0, 1), got {self.rtol!r}.")
 
@@ -165,6 +191,16 @@ class HypersphereConfig:
         return self.default_soft_lr() if self.soft_lr is None else float(self.soft_lr)
 
     @property
+    def resolved_penalty(self) -> float:
+        """``auglag``'s penalty rho (default ``2 lam``)."""
+        return 2.0 * self.lam if self.penalty is None else float(self.penalty)
+
+    @property
+    def auglag_lr(self) -> float:
+        """``auglag``'s SGD learning rate, ``1 / (1 + rho active)`` (see `soft_lr`'s rule)."""
+        return 1.0 / (1.0 + self.resolved_penalty * self.active)
+
+    @property
     def coordinate_variance(self) -> float:
         """The per-coordinate variance of the centres."""
         if self.centre_spread == "literal":
@@ -179,5 +215,6 @@ class HypersphereConfig:
         out["method"], out["jacobian"] = choice.method, choice.jacobian
         out["solvers"] = self.solvers()  # what each hard method uses
         out["soft_lr"] = self.resolved_soft_lr
+        out["penalty"] = self.resolved_penalty
         out["coordinate_variance"] = self.coordinate_variance
         return out

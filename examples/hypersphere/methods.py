@@ -39,7 +39,7 @@ import optax
 import kktopt
 from harness import kkt_info, solve_record
 
-from hypersphere.config import HypersphereConfig
+from hypersphere.config import EXTRA_METHODS, HypersphereConfig
 from hypersphere.problem import centres_spec, objective, random_draw, selector, sphere_constraints
 
 __all__ = ["chunk_fn", "hard_fns", "median_abs", "soft_fns", "step_key", "values_fn"]
@@ -106,7 +106,8 @@ def hard_fns(config: HypersphereConfig, method: str):
     constraint_fn = functools.partial(sphere_constraints, radius=config.radius)
     m = config.constraints
     memory = None
-    if method in ("hard", "hard-memory"):
+    random_sets = method in ("hard", "hard-memory") + EXTRA_METHODS
+    if random_sets:
         active = selector(config)
         if method == "hard-memory":
             # Every constraint projected so far keeps pulling with its
@@ -114,11 +115,26 @@ def hard_fns(config: HypersphereConfig, method: str):
             memory = kktopt.memory.multiplier_memory(config.memory, centres_spec(config))
     else:
         active = kktopt.active.all_samples()
-    solver = config.solver_choice(method).build()
-    tx = optax.chain(
-        optax.sgd(config.hard_lr),
-        kktopt.project_kkt(constraint_fn, active=active, solver=solver, memory=memory),
-    )
+    solver = None if method == "auglag" else config.solver_choice(method).build()
+    if method == "sqp-momentum":
+        tx = kktopt.sqp_momentum(config.hard_lr, constraint_fn, momentum=config.momentum,
+                                 active=active, solver=solver)
+    elif method == "auglag":
+        # One multiplier per sphere (Cooper's IndexedMultiplier), the method of
+        # multipliers (dual step = penalty) on hard's random sets, then SGD.
+        rho = config.resolved_penalty
+        tx = optax.chain(
+            kktopt.augmented_lagrangian(constraint_fn, pool_size=m, penalty=rho, dual_lr=rho,
+                                        active=active),
+            optax.sgd(config.auglag_lr),
+        )
+    else:
+        alpha = config.alpha if method == "hard-alpha" else 1.0
+        tx = optax.chain(
+            optax.sgd(config.hard_lr),
+            kktopt.project_kkt(constraint_fn, active=active, solver=solver, memory=memory,
+                               alpha=alpha),
+        )
 
     @jax.jit
     def init(w, x0, centres):
@@ -131,15 +147,23 @@ def hard_fns(config: HypersphereConfig, method: str):
         batch = fixed_batch if method == "hard-fixed" else centres
         u, opt_state = tx.update(g, opt_state, w, constraint_batch=batch)
         w = optax.apply_updates(w, u)
-        if method in ("hard", "hard-memory"):
-            idx = opt_state[1].active.indices  # what the selector chose at this step
+        if random_sets:
+            idx = _drawn(opt_state)  # what the selector chose at this step
         elif method == "hard-fixed":
             idx = fixed
         else:
             idx = jnp.arange(m)
-        return (w, opt_state), _record(c, idx, u) | solve_record(kkt_info(opt_state))
+        info = kkt_info(opt_state)
+        return (w, opt_state), _record(c, idx, u) | ({} if info is None else solve_record(info))
 
     return init, jax.jit(step)
+
+
+def _drawn(opt_state):
+    """The indices of the random set a transform's selector drew at this step."""
+    found = optax.tree_utils.tree_get_all_with_path(
+        opt_state, "active", filtering=lambda _, v: isinstance(v, kktopt.active.RandomSamplesState))
+    return found[0][1].indices
 
 
 def fns(config: HypersphereConfig, method: str):

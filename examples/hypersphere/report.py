@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hypersphere.config import METHODS
+from hypersphere.config import ALL_METHODS as METHODS
 from hypersphere.illustration import illustration_2d
 
 __all__ = ["COLOURS", "FLOOR", "curves", "format_table", "plot_fig3", "plot_fig4"]
@@ -20,6 +20,9 @@ COLOURS = {
     "hard-fixed": "tab:green",
     "hard-all": "tab:purple",
     "hard-memory": "tab:orange",
+    "hard-alpha": "tab:brown",
+    "sqp-momentum": "tab:olive",
+    "auglag": "tab:cyan",
 }
 
 

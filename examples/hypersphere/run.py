@@ -18,7 +18,7 @@ import harness
 from harness import SOLVE_KEYS, compile_step, read_json, summarise_solves, to_json, write_json
 from kktopt.active import take_samples
 
-from hypersphere.config import METHODS, HypersphereConfig
+from hypersphere.config import ALL_METHODS, METHODS, HypersphereConfig
 from hypersphere.methods import chunk_fn, fns, step_key, values_fn
 from hypersphere.problem import HypersphereProblem, geometry, make_problem
 from hypersphere.report import format_table, plot_fig3, plot_fig4
@@ -28,6 +28,8 @@ __all__ = ["CHUNK", "load_existing", "run", "run_method", "step_metrics"]
 
 CHUNK = 50
 """Steps per compiled ``lax.scan`` (the progress bar moves once per chunk)."""
+
+_NO_KKT = ("soft", "auglag")  # the methods without a KKT solve
 
 
 def _loop(method, config, carry, args, progress):
@@ -87,7 +89,7 @@ def run_method(
     at the end, for the last iterate).
 
     Args:
-      method: one of :data:`METHODS`.
+      method: one of :data:`ALL_METHODS`.
       config: the settings.
       problem: from :func:`make_problem` with the same config.
       progress: show a tqdm bar.
@@ -113,8 +115,8 @@ def run_method(
       median, 90th percentile and max residual, median and max iterations,
       counts per stop code; empty for ``soft``).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}.")
     key = step_key(config)
     x0, centres, fixed = problem
     # hard-fixed's constraint batch: its 20 centres, gathered once.
@@ -134,16 +136,16 @@ def run_method(
     last = np.asarray(jax.device_get(values_fn(key)(w, centres)))[None]
     values = np.concatenate([rec["values"], last]) if rec else last
     indices = rec["indices"] if rec else np.zeros((0, 1), np.int32)
-    solver_lists = {k: rec[k].tolist() for k in SOLVE_KEYS + ("status",) if k in rec} if method != "soft" else {}
+    solver_lists = {k: rec[k].tolist() for k in SOLVE_KEYS + ("status",) if k in rec} if method not in _NO_KKT else {}
     solver_lists = solver_lists or {k: [] for k in SOLVE_KEYS}
     out = {
         **step_metrics(values, indices),
         "step_norm": rec["step_norm"].tolist() if rec else [],
         "seconds_per_iter": seconds / max(config.iters, 1),
         "compile_seconds": compile_seconds,
-        "kkt_solver": None if method == "soft" else config.solver_choice(method).label(),
+        "kkt_solver": None if method in _NO_KKT else config.solver_choice(method).label(),
         "solver": solver_lists,
-        "solver_summary": summarise_solves(solver_lists) if method != "soft" else {},
+        "solver_summary": summarise_solves(solver_lists) if method not in _NO_KKT else {},
     }
     # Diverged: non-finite |C| somewhere (written as null in metrics.json).
     out["status"] = "done" if np.all(np.isfinite(out["median_abs_c"])) else "diverged"
@@ -190,7 +192,7 @@ def run(
     Args:
       config: the settings.
       out_dir: output folder (created).
-      methods: a subset of :data:`METHODS`.
+      methods: a subset of :data:`ALL_METHODS` (default the paper's :data:`METHODS`).
       force: recompute the requested methods even if present.
       progress: tqdm bars.
       figures: write the figures (needs matplotlib).
@@ -207,15 +209,15 @@ def run(
       >>> len(res["methods"]["hard"]["median_abs_c"])
       6
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose among {list(METHODS)}.")
+        raise ValueError(f"unknown methods {unknown}; choose among {list(ALL_METHODS)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
     config_dict = config.to_dict()
     done = load_existing(path, config_dict, force)
-    todo = [m for m in METHODS if m in methods and (force or m not in done)]
+    todo = [m for m in ALL_METHODS if m in methods and (force or m not in done)]
     with jax.enable_x64(config.dtype == "float64"):
         result = {"config": config_dict, "methods": dict(done)}
         if todo or not path.exists():
@@ -223,7 +225,7 @@ def run(
             result["geometry"] = geometry(config, problem)
             for method in todo:
                 result["methods"][method] = run_method(method, config, problem, progress=progress)
-                result["methods"] = {k: result["methods"][k] for k in METHODS if k in result["methods"]}
+                result["methods"] = {k: result["methods"][k] for k in ALL_METHODS if k in result["methods"]}
                 write_json(path, result)
             write_json(path, result)
         else:

@@ -296,13 +296,10 @@ class _Run:
                                  "train": {}}],
                 "timing": {"step_seconds": 0.0, "steps_timed": 0}, "resumed_from_steps": [],
                 "compile_seconds": [], "diverged": False}
-        if prog_path.exists() and state_path.exists():
-            old = read_json(prog_path)
-            if old.get("fingerprint") == fp and old["step"] > 0:
-                prog = old
-                params, opt_state = load_tree(state_path, (params, opt_state))
-                prog["resumed_from_steps"].append(prog["step"])
-                self.log(f"{spec.label}: resuming at step {prog['step']}.")
+        old, (params, opt_state) = harness.resume(prog_path, state_path, fp, (params, opt_state))
+        if old is not None:
+            prog = old
+            self.log(f"{spec.label}: resuming at step {prog['step']}.")
 
         lam = as_lam(spec.lam)
         if spec.family not in compiled_steps:

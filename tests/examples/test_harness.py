@@ -165,3 +165,16 @@ def test_solve_record_and_summary_against_numpy():
     bad = harness.summarise_solves({"linearized_residual": [1e-9, float("nan")], "iterations": [1, 2],
                                     "istop": [4, 4]})
     assert harness.to_json(bad)["linearized_residual_max"] is None
+
+
+def test_resume_needs_matching_fingerprint_and_progress(tmp_path):
+    prog, state = tmp_path / "progress.json", tmp_path / "state.eqx"
+    like = {"w": jnp.zeros(3)}
+    assert harness.resume(prog, state, "abc", like) == (None, like)  # nothing saved yet
+    harness.save_tree(state, {"w": jnp.arange(3.0)})
+    harness.write_json(prog, {"fingerprint": "abc", "step": 4, "resumed_from_steps": []})
+    old, tree = harness.resume(prog, state, "abc", like)
+    assert old["resumed_from_steps"] == [4] and tree["w"].tolist() == [0.0, 1.0, 2.0]
+    assert harness.resume(prog, state, "other", like) == (None, like)  # other settings
+    harness.write_json(prog, {"fingerprint": "abc", "step": 0})
+    assert harness.resume(prog, state, "abc", like)[0] is None  # nothing to resume at step 0

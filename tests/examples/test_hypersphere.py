@@ -320,3 +320,64 @@ def test_default_solvers_per_method():
     assert set(named.solvers().values()) == {"schur/minres_qlp/matrix_free"}
     assert isinstance(cfg.solver_choice("hard-all").build(), kktopt.KKTSolver)
     assert cfg.to_dict()["solvers"] == cfg.solvers()
+
+
+# --------------------------------------------------------------------------
+# The methods beyond the paper (hard-alpha, sqp-momentum, auglag)
+# --------------------------------------------------------------------------
+
+_SMALL = hs.HypersphereConfig(dim=300, constraints=20, active=4, iters=1, system="schur",
+                              memory=20, dtype="float64", alpha=0.4, penalty=3.0)
+
+
+def _first_step_reference(cfg, problem):
+    """w0 = x0 (the objective's minimiser, so its gradient is 0), the first random set, A and c there."""
+    x0, centres = np.asarray(problem.x0), np.asarray(problem.centres.points)
+    idx = np.asarray(problem.fixed)  # the first draw of the random sets
+    diff = x0[None, :] - centres[idx]
+    dist = np.linalg.norm(diff, axis=1)
+    return x0, diff / dist[:, None], dist - cfg.radius
+
+
+@pytest.mark.parametrize("method", ["hard-alpha", "auglag",
+                                    pytest.param("sqp-momentum", marks=pytest.mark.slow)])
+def test_extra_methods_first_step_matches_numpy(method):
+    with jax.enable_x64(True):
+        problem = hs.make_problem(_SMALL)
+        _, w1 = hs.run_method(method, _SMALL, problem, progress=False, return_final=True)
+    x0, a, c = _first_step_reference(_SMALL, problem)
+    if method == "auglag":
+        # lambda = 0 at the start: the pull is A^T (0 + rho c), then SGD.
+        expected = x0 - _SMALL.auglag_lr * (a.T @ (_SMALL.resolved_penalty * c))
+    else:
+        gain = _SMALL.alpha if method == "hard-alpha" else 1.0
+        expected = x0 - gain * a.T @ np.linalg.solve(a @ a.T, c)
+    np.testing.assert_allclose(np.asarray(w1), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow  # four 20-step runs
+def test_extra_methods_run_and_record():
+    cfg = dataclasses.replace(_SMALL, iters=20)
+    with jax.enable_x64(True):
+        problem = hs.make_problem(cfg)
+        runs = {m: hs.run_method(m, cfg, problem, progress=False) for m in hs_config.EXTRA_METHODS}
+    for name, r in runs.items():
+        assert r["status"] == "done" and len(r["median_abs_c"]) == cfg.iters + 1
+        if name == "auglag":
+            assert r["kkt_solver"] is None and r["solver_summary"] == {}
+        else:
+            assert max(r["solver"]["linearized_residual"]) < 1e-8
+    # A gain below 1 meets a fraction alpha of the linearised violation per step: slower.
+    hard = None
+    with jax.enable_x64(True):
+        hard = hs.run_method("hard", cfg, problem, progress=False)
+    assert runs["hard-alpha"]["median_abs_c"][1] > hard["median_abs_c"][1]
+
+
+def test_extra_settings_validation():
+    for kw, match in (({"alpha": 0.0}, "alpha"), ({"alpha": 1.5}, "alpha"),
+                      ({"momentum": 1.0}, "momentum"), ({"penalty": -1.0}, "penalty")):
+        with pytest.raises(ValueError, match=match):
+            hs.HypersphereConfig(**kw)
+    assert hs.HypersphereConfig(lam=5.0).resolved_penalty == 10.0
+    assert "hard-alpha" not in hs_config.METHODS and "hard-alpha" in hs_config.ALL_METHODS
