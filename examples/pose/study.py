@@ -75,6 +75,7 @@ PyTree = Any
 
 _STREAM_LABELED, _STREAM_POOL = 1, 2  # the streams of pose.run (same minibatches per seed)
 _INSTRUMENT_K = 16  # samples whose row space defines the normal share
+_NORMAL_SHARE_VERSION = 2  # 1 (no field): the instrument without the rounding offset removed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,8 +330,13 @@ def make_normal_share(problem, k: int = _INSTRUMENT_K) -> Callable:
 
     ``A`` is the Jacobian of the constraints of the `k` most violated samples
     of ``pool_images`` at ``params``; ``dw - dw_n`` is the Euclidean
-    projection of ``dw`` onto the null space of ``A`` (computed with
-    ``kktopt.project_kkt`` on the constraints shifted to 0 at ``params``).
+    projection of ``dw`` onto the null space of ``A``, computed with
+    ``kktopt.project_kkt`` on the constraints shifted to 0 at ``params``. The
+    shifted values are 0 only up to rounding, and the projection would add
+    the minimum-norm step that meets them (for ill-conditioned ``A`` larger
+    than a small ``dw``), so the projection of ``dw`` minus the projection of
+    the zero step is taken: the step is affine in its input, and the
+    difference is exactly the null-space projection.
     """
     cfn = problem.constraints
 
@@ -339,8 +345,11 @@ def make_normal_share(problem, k: int = _INSTRUMENT_K) -> Callable:
         x = pool_images[idx]
         c0 = jax.lax.stop_gradient(cfn(params, x))
         tx = kktopt.project_kkt(lambda p, b: cfn(p, b) - c0, solver=_solver())
-        tangent, _ = tx.update(dw, tx.init(params), params, constraint_batch=x)
-        normal = jax.tree_util.tree_map(lambda a, b: a - b, dw, tangent)
+        state = tx.init(params)
+        moved, _ = tx.update(dw, state, params, constraint_batch=x)
+        offset, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, dw), state, params,
+                              constraint_batch=x)
+        normal = jax.tree_util.tree_map(lambda d, m, o: d - (m - o), dw, moved, offset)
         total = optax.tree_utils.tree_norm(dw)
         return optax.tree_utils.tree_norm(normal) / jnp.where(total > 0, total, 1.0)
 
@@ -481,6 +490,47 @@ class _Study:
             self.save()
             self.log(f"{family.name}-{j}: final models projected at test.")
 
+    def recompute_normal_share(self, family: Family) -> None:
+        """Runs recorded with the first normal-share instrument: the share recomputed at the end.
+
+        That instrument added a rounding-level feasibility offset to the
+        projection (see `make_normal_share`), which dominates small steps.
+        Its values are dropped; the share of the step from each final model
+        (on minibatch `StudyPreset.steps`, the step after the last) is
+        recorded at the last checkpoint instead.
+        """
+        runs = [(dict(hp), s) for hp in family.grid for s in self.study.seeds]
+        compiled = None
+        for j, (chunk_runs, size) in enumerate(self.chunks(runs)):
+            ids = [f"{family.config_id(hp)}/seed={s}" for hp, s in chunk_runs]
+            entries = [self.results["runs"].get(i) for i in ids]
+            if not all(e and e.get("status") == "done" for e in entries):
+                continue
+            if all(e.get("normal_share_version") == _NORMAL_SHARE_VERSION for e in entries):
+                continue
+            padded, hps, params, state = self.initial(family, chunk_runs, size)
+            path = self.out / "checkpoints" / "study" / f"{family.name}-{j}" / "state.eqx"
+            params, state = load_tree(path, (params, state))
+            batch = self.batch([s for _, s in padded], self.study.steps)
+            args = (params, state, hps, *batch)
+            if compiled is None:
+                step = make_study_step(family, self.problem, self.base, self._pool_device)
+                compiled = jax.jit(step).lower(*_take(args, 0), self._pool_device).compile()
+                share = jax.jit(make_normal_share(self.problem))
+            for k, e in enumerate(entries):
+                one = _take(args, k)
+                p1, _, _ = compiled(*one, self._pool_device)
+                dw = jax.tree_util.tree_map(lambda a, b: a - b, p1, one[0])
+                value = float(share(one[0], dw, one[5]))
+                for c in e["checkpoints"]:
+                    c.get("train", {}).pop("normal_share", None)
+                e["checkpoints"][-1]["train"]["normal_share"] = value
+                e["normal_share_version"] = _NORMAL_SHARE_VERSION
+                e["normal_share_note"] = ("recomputed after the run, for the step from the final "
+                                          f"model on minibatch {self.study.steps}")
+            self.save()
+            self.log(f"{family.name}-{j}: normal share recomputed.")
+
     def project_start(self) -> None:
         """The unconstrained starting model with the projection layer at test."""
         u = self.results["unconstrained"]
@@ -596,7 +646,8 @@ class _Study:
                     "fingerprint": fp, "status": status, "checkpoints": prog["checkpoints"][k],
                     "seconds_per_step": per_run, "vmapped_runs": size,
                     "compile_seconds": prog["compile_seconds"],
-                    "resumed_from_steps": prog["resumed_from_steps"]}
+                    "resumed_from_steps": prog["resumed_from_steps"],
+                    "normal_share_version": _NORMAL_SHARE_VERSION}
             self.save()
 
         window: list[dict[str, np.ndarray]] = []
@@ -731,6 +782,8 @@ def run_study(study: StudyPreset | str, out_dir: str | os.PathLike, *,
     try:
         for f in chosen:
             s.family(f)
+        for f in chosen:
+            s.recompute_normal_share(f)
         if project:
             s.project_start()
             for f in chosen:

@@ -146,6 +146,10 @@ def test_normal_share_of_a_projected_and_of_a_feasibility_step(tiny):
     rand = tdef.unflatten([jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
     s_rand = float(share(params, rand, x))
     assert 0 <= s_rand < 0.2
+    # Scale-free: a step of Adam's size (1e-4 per coordinate) has the same share
+    # (no rounding-level feasibility offset added to it).
+    small = jax.tree_util.tree_map(lambda a: 1e-4 * a, rand)
+    assert float(share(params, small, x)) == pytest.approx(s_rand, rel=2e-2)
     # A step in the row space (A^T y, from a VJP of the mined constraints) is all normal.
     idx = pose.study.kktopt.mine_active_constraints(problem.constraints(params, x), 4)
     _, vjp = jax.vjp(lambda p: problem.constraints(p, x[idx]), params)
