@@ -19,9 +19,9 @@ Issue-11 protocol, on the data and the unconstrained model of a pose preset
   step is ``jax.vmap``-ed over the stacked parameters, optimiser states,
   hyperparameters and minibatches of up to `StudyPreset.chunk` runs, and
   without it one compiled step serves every run of the family in turn. On a
-  CPU the vmapped CNN step costs 1.6-4x more per run than the single one
-  (batched convolutions with per-run weights; `benchmarks/study_vmap.py`),
-  so the CPU preset runs them in turn;
+  2-core CPU the vmapped CNN step costs 1.2-1.6x more per run than the
+  single one (batched convolutions with per-run weights;
+  `benchmarks/study_vmap.py`), so the CPU preset runs them in turn;
 * seeds change the minibatches (labeled and pool) and the random draws of
   selectors, not the data or the starting model;
 * resumable: each chunk's stacked state is saved at every checkpoint with its
@@ -727,9 +727,16 @@ def merge_runs(out: Path, other: Path, log: Callable[[str], None] = print) -> in
             ours["runs"][rid] = r
             copied += 1
     src = other / "checkpoints" / "study"
+
+    def step_of(folder: Path) -> int:
+        prog = folder / "progress.json"
+        return read_json(prog).get("step", 0) if prog.exists() else -1
+
     for folder in (src.iterdir() if src.exists() else ()):
         dst = out / "checkpoints" / "study" / folder.name
-        if not dst.exists():
+        if step_of(folder) > step_of(dst):  # a chunk that got further there
+            if dst.exists():
+                shutil.rmtree(dst)
             shutil.copytree(folder, dst)
     if "unconstrained" not in ours and "unconstrained" in theirs:
         ours["unconstrained"] = theirs["unconstrained"]

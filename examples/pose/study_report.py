@@ -124,10 +124,37 @@ def dominates(a: dict[str, Any], b: dict[str, Any], split: str = "test") -> bool
     return True
 
 
+def with_projection(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every configuration evaluated with the projection layer at test, as a configuration of its own.
+
+    Its id is the configuration's with ``+projection``; its metrics are those
+    of the projected predictions (`pose.study.project`). The layer changes
+    nothing in training, so these are new points on the same axes.
+    """
+    out = []
+    for r in rows:
+        if "proj_test_mpjpe_mm" not in r or r["family"] == "adam-layer":
+            continue  # adam-layer is evaluated through the layer already
+        p = {k: v for k, v in r.items() if not k.startswith(("test_", "pool_", "proj_"))}
+        for split in ("test", "pool"):
+            for key in ("mpjpe_mm", "median_abs_c_mm"):
+                p[f"{split}_{key}"] = r[f"proj_{split}_{key}"]
+        p["config_id"] = r["config_id"] + "+projection"
+        p["family"] = r["family"] + "+projection"
+        p["label"] = r.get("label", r["config_id"]) + " + projection at test"
+        out.append(p)
+    return out
+
+
 def verdict(rows: list[dict[str, Any]], split: str = "test") -> dict[str, Any]:
-    """Which configurations dominate which Soft-Adam front configurations (and the reverse)."""
+    """Which configurations dominate which Soft-Adam front configurations (and the reverse).
+
+    The candidates are every non-Soft-Adam configuration and, where the runs
+    were evaluated with the projection layer, every configuration (Soft-Adam
+    included) + projection at test; the front is Soft-Adam's without it.
+    """
     front = soft_front(rows, split)
-    others = [r for r in rows if r["family"] != _SOFT and _finite(r)]
+    others = [r for r in rows + with_projection(rows) if r["family"] != _SOFT and _finite(r)]
     wins = {r["config_id"]: [f["config_id"] for f in front if dominates(r, f, split)]
             for r in others}
     losses = {r["config_id"]: [f["config_id"] for f in front if dominates(f, r, split)]

@@ -84,15 +84,16 @@ def _family(name):
     return {f.name: f for f in study.FAMILIES}[name]
 
 
+@pytest.mark.slow  # one compiled tiny step per family, single and vmapped (CI budget)
 @pytest.mark.parametrize("name", [
     "sqp-adam",
-    pytest.param("soft-adam", marks=pytest.mark.slow),
-    pytest.param("al-adam", marks=pytest.mark.slow),
-    pytest.param("hard-sgd", marks=pytest.mark.slow),
-    pytest.param("hard-adam", marks=pytest.mark.slow),
-    pytest.param("hard-adam-memory", marks=pytest.mark.slow),
-    pytest.param("sqp-momentum", marks=pytest.mark.slow),
-    pytest.param("adam-layer", marks=pytest.mark.slow),
+    "soft-adam",
+    "al-adam",
+    "hard-sgd",
+    "hard-adam",
+    "hard-adam-memory",
+    "sqp-momentum",
+    "adam-layer",
 ])
 def test_vmapped_grid_step_matches_single_runs(tiny, name, x64):
     # float64: the batched program sums in another order than the single one, and
@@ -200,3 +201,17 @@ def test_tiny_study_end_to_end_with_resume(tmp_path):
     for name in ("study.md", "pareto_test.png", "pareto_pool.png", "curves.png"):
         assert (out / name).exists()
     assert again["runs"] == json.loads((out / "results.json").read_text())["runs"]
+
+
+def test_projected_configurations_enter_the_verdict():
+    soft = _row("s1", "soft-adam", 85.0, 0.5, 3.0, 0.1)
+    adam = _row("a1", "adam", 84.0, 0.5, 5.0, 0.1)
+    for r in (soft, adam):
+        r.update({"pool_mpjpe_mm": r["test_mpjpe_mm"], "pool_median_abs_c_mm": r["test_median_abs_c_mm"],
+                  "proj_test_mpjpe_mm": (r["test_mpjpe_mm"][0] - 0.1, 0.5),
+                  "proj_test_median_abs_c_mm": (1e-5, 1e-6),
+                  "proj_pool_mpjpe_mm": (80.0, 0.1), "proj_pool_median_abs_c_mm": (1e-5, 1e-6)})
+    v = study_report.verdict([soft, adam])
+    # adam alone is neither; adam + projection beats s1 by 1.1 > 0.5 mm and 3 mm of |C|
+    assert v["dominating"] == {"a1+projection": ["s1"]}
+    assert "a1" in v["neither"] and "s1+projection" in v["neither"]  # 0.1 mm < 0.5: not dominating
