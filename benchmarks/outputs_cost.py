@@ -94,14 +94,27 @@ def layer_grad(y_hat, target):
     return jax.grad(loss)(y_hat)
 
 
-def layer_inputs(seed: int):
-    """Ground-truth poses (float32, exactly symmetric up to rounding) and the noisy inputs."""
+def layer_inputs(seed: int, predictions: str | None = None):
+    """Ground-truth poses (float32, exactly symmetric up to rounding) and the noisy inputs.
+
+    With `predictions` (an ``.npz`` with ``pred`` and ``target``, shapes
+    ``(n >= 128, 17, 3)``, e.g. a trained model's test predictions and the
+    true poses), its first 128 poses are a third input.
+    """
     joints = generate(BATCH, seed=seed + 1, render=False)["joints3d"].astype(np.float32)
     rng = np.random.default_rng(seed)
     out = {}
     for label, sigma in NOISE_MM.items():
         noisy = joints + sigma * rng.standard_normal(joints.shape).astype(np.float32)
         out[label] = (jnp.asarray(noisy), jnp.asarray(joints))
+    if predictions is not None:
+        data = np.load(predictions)
+        pred, target = data["pred"][:BATCH], data["target"][:BATCH]
+        if pred.shape != (BATCH, 17, 3) or target.shape != pred.shape:
+            raise ValueError(f"--predictions needs pred and target of shape (>= {BATCH}, 17, 3), "
+                             f"got {data['pred'].shape} and {data['target'].shape}.")
+        out["c: a trained model's test predictions"] = (jnp.asarray(pred, jnp.float32),
+                                                        jnp.asarray(target, jnp.float32))
     return out
 
 
@@ -122,6 +135,9 @@ def main(argv=None):
                         help="pose CNN preset (default small, tiny with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 15, 3 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--predictions", default=None, metavar="NPZ",
+                        help="also time the layer on these poses (arrays pred, target: a trained model's "
+                             "test predictions, e.g. from examples/pose/projection.py --save-predictions)")
     parser.add_argument("--write", action="store_true", help="record the table in benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     preset = args.preset or ("tiny" if args.quick else "small")
@@ -136,7 +152,7 @@ def main(argv=None):
     load0 = os.getloadavg()
 
     step, step_args, n_params = build_step(preset, args.seed)
-    inputs = layer_inputs(args.seed)
+    inputs = layer_inputs(args.seed, args.predictions)
     entries = {"CNN training step (Adam)": lambda: step(*step_args)}
     infos = {}
     for label, (y_hat, target) in inputs.items():

@@ -71,6 +71,9 @@ def main(argv=None):
     parser.add_argument("--run", default="runs/pose_tiny", help="a pose run folder (trained if absent)")
     parser.add_argument("--preset", default="tiny", help="preset to train when --run holds no model")
     parser.add_argument("--out", default="docs/results/pose_projection")
+    parser.add_argument("--save-predictions", default=None, metavar="NPZ",
+                        help="also write the raw test predictions and true poses (arrays pred, target), "
+                             "the input of benchmarks/outputs_cost.py --predictions")
     args = parser.parse_args(argv)
     run_dir, out = Path(args.run), Path(args.out)
     preset, params, problem = trained_model(run_dir, args.preset)
@@ -81,6 +84,8 @@ def main(argv=None):
     pred = np.concatenate([np.asarray(predict(params, jnp.asarray(images[i:i + BATCH], jnp.float32) / 255.0
                                               if images.dtype == np.uint8 else images[i:i + BATCH]))
                            for i in range(0, len(images), BATCH)])
+    if args.save_predictions:
+        np.savez(args.save_predictions, pred=pred.astype(np.float32), target=target)
     project = jax.jit(lambda y: kktopt.project_outputs(bone_symmetry, y))
     jax.block_until_ready(project(jnp.asarray(pred[:BATCH])))  # compile
     chunks, infos, seconds = [], [], 0.0
