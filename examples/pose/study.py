@@ -281,7 +281,6 @@ def make_study_step(family: Family, problem, base: ExperimentPreset, pool_like: 
         if kind == "soft-adam":
             objective = kktopt.soft_constrained_loss(problem.loss, cfn, hp["lam"])  # Eq. 3
             loss, grads = jax.value_and_grad(objective)(params, batch, pool_images)
-            stats["data_loss"] = problem.loss(params, batch)
         elif kind == "adam-layer":
             loss, grads = jax.value_and_grad(layer_loss(problem))(params, batch)
         else:
