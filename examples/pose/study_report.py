@@ -22,7 +22,7 @@ __all__ = ["dominates", "soft_front", "summarise", "verdict", "write_report"]
 _SOFT = "soft-adam"
 _COLOURS = {"adam": "black", "soft-adam": "tab:blue", "al-adam": "tab:cyan",
             "hard-sgd": "tab:red", "hard-adam": "tab:orange", "hard-adam-memory": "tab:brown",
-            "sqp-adam": "tab:green", "sqp-momentum": "tab:purple"}
+            "sqp-adam": "tab:green", "sqp-momentum": "tab:purple", "adam-layer": "tab:pink"}
 _MARKERS = {"adam": "s", "soft-adam": "o", "al-adam": "D", "hard-sgd": "v", "hard-adam": "^",
             "hard-adam-memory": "X", "sqp-adam": "P", "sqp-momentum": "*", "adam-layer": "h"}
 
