@@ -69,13 +69,14 @@ from pose.problem import make_problem
 from pose.report import format_seed_table, format_table, plot_fig2a, plot_fig2b, plot_pareto
 from pose.train import THRESHOLDS_MM, Evaluator, Interrupted, as_lam, batch_indices, train_loop
 
-__all__ = ["PRESETS", "SCHEMA", "load_data", "run"]
+__all__ = ["PRESETS", "SCHEMA", "STREAM_LABELED", "STREAM_POOL", "STREAM_PRETRAIN", "load_data", "machine", "run"]
 
 SCHEMA = "kktopt.pose_experiment/2"
 """Version tag of ``results.json`` (2: standard JSON, null for non-finite numbers, ``system``
 in place of ``solver``)."""
 
-_STREAM_PRETRAIN, _STREAM_LABELED, _STREAM_POOL = 0, 1, 2
+STREAM_PRETRAIN, STREAM_LABELED, STREAM_POOL = 0, 1, 2
+"""Minibatch streams of `batch_indices`: the same (seed, stream, step) gives the same minibatch."""
 
 
 def load_data(preset: ExperimentPreset, data_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -86,7 +87,7 @@ def load_data(preset: ExperimentPreset, data_dir: str | os.PathLike) -> dict[str
                           seed=preset.seed)
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
             "jax": jax.__version__, "backend": jax.default_backend(),
@@ -151,7 +152,7 @@ class _Run:
 
     def pool_batch(self, step: int, offset: int = 0) -> np.ndarray:
         idx = batch_indices(len(self.pool), self.preset.batch_size, step,
-                            self.preset.seed + offset, _STREAM_POOL)
+                            self.preset.seed + offset, STREAM_POOL)
         return self.pool[idx]
 
     def constraint_pool(self, spec: MethodSpec, step: int) -> Any:
@@ -238,7 +239,7 @@ class _Run:
         t0 = time.perf_counter()
         train_loop(compiled, params, opt_state, start=prog["step"], steps=p.pretrain_steps,
                    eval_every=p.pretrain_eval_every,
-                   get_batch=lambda t: (self.batch(t, _STREAM_PRETRAIN), dummy_pool), lam=lam,
+                   get_batch=lambda t: (self.batch(t, STREAM_PRETRAIN), dummy_pool), lam=lam,
                    timing=prog["timing"], checkpoint=checkpoint, desc="unconstrained (Adam)",
                    progress=self.progress)
         best = holder["best"]
@@ -308,7 +309,7 @@ class _Run:
             step_fn = make_step(spec.method, self.problem, tx, constraints=spec.constraints,
                                 mined=p.mined)
             compiled_steps[spec.family] = compile_step(step_fn, params, opt_state,
-                                                       self.batch(0, _STREAM_LABELED),
+                                                       self.batch(0, STREAM_LABELED),
                                                        self.constraint_pool(spec, 0), lam)
             prog["compile_seconds"].append(round(compiled_steps[spec.family][1], 2))
         compiled = compiled_steps[spec.family][0]
@@ -347,7 +348,7 @@ class _Run:
         try:
             train_loop(compiled, params, opt_state, start=prog["step"], steps=spec.steps,
                        eval_every=spec.eval_every,
-                       get_batch=lambda t: (self.batch(t, _STREAM_LABELED, spec.seed),
+                       get_batch=lambda t: (self.batch(t, STREAM_LABELED, spec.seed),
                                             self.constraint_pool(spec, t)),
                        lam=lam, timing=prog["timing"], checkpoint=checkpoint,
                        desc=f"{METHOD_LABELS[spec.method]} {spec.constraints} {spec.hyper_label}",
@@ -411,7 +412,7 @@ def run(
                          "use another --out folder.")
     ids = {s.id for s in preset.methods}
     results.update(schema=SCHEMA, preset=preset.to_dict(), thresholds_mm=list(THRESHOLDS_MM),
-                   machine=_machine(), complete=False)
+                   machine=machine(), complete=False)
     results["methods"] = {k: v for k, v in results.get("methods", {}).items() if k in ids}
     t0 = time.perf_counter()
     r = _Run(preset, out, results, progress=progress,

@@ -65,7 +65,8 @@ from pose import metrics as pose_metrics
 from pose.constraints import bone_symmetry
 from pose.config import ExperimentPreset, get_preset
 from pose.methods import MinedFromRandom
-from pose.train import EVAL_CHUNK, THRESHOLDS_MM, batch_indices
+from pose.run import STREAM_LABELED, STREAM_POOL, _Run, machine
+from pose.train import EVAL_CHUNK, THRESHOLDS_MM, batch_indices, split_metrics
 
 __all__ = ["FAMILIES", "STUDY_PRESETS", "SCHEMA", "Family", "StudyPreset", "get_study",
            "run_study"]
@@ -73,7 +74,6 @@ __all__ = ["FAMILIES", "STUDY_PRESETS", "SCHEMA", "Family", "StudyPreset", "get_
 SCHEMA = "kktopt.pose_study/1"
 PyTree = Any
 
-_STREAM_LABELED, _STREAM_POOL = 1, 2  # the streams of pose.run (same minibatches per seed)
 _INSTRUMENT_K = 16  # samples whose row space defines the normal share
 _NORMAL_SHARE_VERSION = 2  # 1 (no field): the instrument without the rounding offset removed
 
@@ -369,19 +369,10 @@ def _take(trees: tuple, k: int) -> tuple:
     return tuple(jax.tree_util.tree_map(lambda a: a[k], t) for t in trees)
 
 
-def _machine() -> dict[str, Any]:
-    import platform
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "jax": jax.__version__, "kktopt": kktopt.__version__,
-            "backend": jax.default_backend(), "loadavg_1_5_15_start": [round(x, 2) for x in load]}
-
-
 class _Study:
     def __init__(self, study: StudyPreset, out: Path, *, data_dir: Path | None,
                  unconstrained_from: Path | None, progress: bool,
                  stop_after_checkpoints: int | None, log: Callable[[str], None]):
-        from pose.run import _Run  # the data, problem and unconstrained model of the experiment
         self.study, self.out, self.log, self.progress = study, out, log, progress
         self.base = get_preset(study.base)
         self.results_path = out / "results.json"
@@ -389,7 +380,8 @@ class _Study:
         if self.results.get("schema") not in (None, SCHEMA):
             raise ValueError(f"{self.results_path} was written by another version; use another --out.")
         self.results.update(schema=SCHEMA, study=study.to_dict(), base_preset=self.base.to_dict(),
-                            thresholds_mm=list(THRESHOLDS_MM), machine=_machine(), complete=False)
+                            thresholds_mm=list(THRESHOLDS_MM),
+                            machine={**machine(), "kktopt": kktopt.__version__}, complete=False)
         self.results.setdefault("runs", {})
         self.stop_after, self.saved = stop_after_checkpoints, 0
         self._run = _Run(self.base, out, self.results, progress=progress,
@@ -408,40 +400,35 @@ class _Study:
     # -- data --------------------------------------------------------------
     def batch(self, seeds: list[int], t: int):
         n, b, s0 = len(self.train[0]), self.base.batch_size, self.base.seed
-        lab = [batch_indices(n, b, t, s0 + s, _STREAM_LABELED) for s in seeds]
-        pidx = [batch_indices(len(self.pool), b, t, s0 + s, _STREAM_POOL) for s in seeds]
+        lab = [batch_indices(n, b, t, s0 + s, STREAM_LABELED) for s in seeds]
+        pidx = [batch_indices(len(self.pool), b, t, s0 + s, STREAM_POOL) for s in seeds]
         images = np.stack([self.train[0][i] for i in lab])
         joints = np.stack([self.train[1][i] for i in lab])
         pool = np.stack([self.pool[i] for i in pidx])
         return images, joints, pool, np.stack(pidx).astype(np.int32)
 
     # -- evaluation ----------------------------------------------------------
-    def evaluate(self, predict_many: Callable, params: PyTree, split: str,
-                 projected: bool = False) -> list[dict[str, Any]]:
-        """Metrics of every run of a chunk on `split` (of projected predictions if `projected`)."""
-        images, joints = self.splits[split]
+    def predictions(self, predict_many: Callable, params: PyTree, split: str) -> np.ndarray:
+        """Predictions ``(runs, n, 17, 3)`` of a chunk's stacked `params` on `split`."""
+        images = self.splits[split][0]
         n = len(images)
         chunk = min(EVAL_CHUNK, n)
         preds = []
         for s in range(0, n, chunk):
             x = images[s:s + chunk]
-            if len(x) < chunk:
+            if len(x) < chunk:  # pad to the compiled size
                 x = np.concatenate([x, np.repeat(x[-1:], chunk - len(x), axis=0)])
             preds.append(np.asarray(predict_many(params, x)))
-        pred = np.concatenate(preds, axis=1)[:, :n]
+        return np.concatenate(preds, axis=1)[:, :n]
+
+    def evaluate(self, predict_many: Callable, params: PyTree, split: str,
+                 projected: bool = False) -> list[dict[str, Any]]:
+        """Metrics of every run of a chunk on `split` (of projected predictions if `projected`)."""
+        joints = self.splits[split][1]
+        pred = self.predictions(predict_many, params, split)
         if projected:
-            pred = np.stack([self.projected(p)[0] for p in pred])
-        out = []
-        for p in pred:
-            if not np.all(np.isfinite(p)):
-                out.append({"status": "diverged", "mpjpe_mm": None, "median_abs_c_mm": None,
-                            "fraction_met": [None] * len(THRESHOLDS_MM)})
-                continue
-            out.append({"mpjpe_mm": float(pose_metrics.mpjpe(p, joints)),
-                        "median_abs_c_mm": float(pose_metrics.median_abs_constraint(p)),
-                        "fraction_met": [float(v) for v in
-                                         pose_metrics.fraction_met(p, THRESHOLDS_MM)]})
-        return out
+            pred = np.stack([self.projected(p)[0] if np.all(np.isfinite(p)) else p for p in pred])
+        return [split_metrics(p, joints) for p in pred]
 
     # -- the output-projection layer ---------------------------------------------
     def projected(self, pred: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -541,25 +528,19 @@ class _Study:
     def projected_metrics(self, pk: PyTree) -> dict[str, Any]:
         """Test and pool metrics of a model's predictions through the projection layer."""
         if not hasattr(self, "_predict1"):
-            self._predict1 = jax.jit(self.problem.predict)
-        predict = self._predict1
+            predict = jax.jit(self.problem.predict)
+            self._predict1 = lambda p, x: predict(p, x)[None]
         rec: dict[str, Any] = {}
         for split in ("test", "pool"):
-            images, joints = self.splits[split]
-            pred = np.concatenate([np.asarray(predict(pk, images[a:a + EVAL_CHUNK]))
-                                   for a in range(0, len(images), EVAL_CHUNK)])
+            joints = self.splits[split][1]
+            pred = self.predictions(self._predict1, pk, split)[0]
             if not np.all(np.isfinite(pred)):
-                rec[split] = {"status": "diverged", "mpjpe_mm": None,
-                              "median_abs_c_mm": None,
-                              "fraction_met": [None] * len(THRESHOLDS_MM)}
+                rec[split] = split_metrics(pred, joints)
                 continue
             y, layer = self.projected(pred)
-            rec[split] = {
-                "mpjpe_mm": float(pose_metrics.mpjpe(y, joints)),
-                "median_abs_c_mm": float(pose_metrics.median_abs_constraint(y)),
-                "max_abs_c_mm": float(np.max(np.asarray(pose_metrics.abs_constraints(y)))),
-                "fraction_met": [float(v) for v in pose_metrics.fraction_met(y, THRESHOLDS_MM)],
-                "layer": layer}
+            rec[split] = {**split_metrics(y, joints),
+                          "max_abs_c_mm": float(np.max(np.asarray(pose_metrics.abs_constraints(y)))),
+                          "layer": layer}
         return rec
 
     # -- one chunk of a family -------------------------------------------------

@@ -17,7 +17,7 @@ import harness
 from pose import metrics as pose_metrics
 
 __all__ = ["EVAL_CHUNK", "THRESHOLDS_MM", "Evaluator", "Interrupted", "as_lam", "batch_indices",
-           "summarise_stats", "train_loop"]
+           "split_metrics", "summarise_stats", "train_loop"]
 
 PyTree = Any
 
@@ -82,16 +82,25 @@ class Evaluator:
         None (JSON null) for every metric.
         """
         images, joints = self.splits[split]
-        pred = self.predict(params, images)
-        bad = int(np.sum(~np.all(np.isfinite(pred), axis=(1, 2))))
-        if bad:  # a diverged model: the constraint metrics of NaN poses would read as 0
-            return {"status": "diverged", "mpjpe_mm": None, "median_abs_c_mm": None,
-                    "fraction_met": [None] * len(THRESHOLDS_MM), "nonfinite_predictions": bad}
-        return {
-            "mpjpe_mm": float(pose_metrics.mpjpe(pred, joints)),
-            "median_abs_c_mm": float(pose_metrics.median_abs_constraint(pred)),
-            "fraction_met": [float(v) for v in pose_metrics.fraction_met(pred, THRESHOLDS_MM)],
-        }
+        return split_metrics(self.predict(params, images), joints)
+
+
+def split_metrics(pred: np.ndarray, joints: np.ndarray) -> dict[str, Any]:
+    """MPJPE, median |C| and the proportion of |C| <= each of `THRESHOLDS_MM` of predictions (mm).
+
+    Non-finite predictions (a diverged model) give ``"status": "diverged"``
+    and None (JSON null) for every metric: the constraint metrics of NaN
+    poses would read as 0.
+    """
+    bad = int(np.sum(~np.all(np.isfinite(pred), axis=(1, 2))))
+    if bad:
+        return {"status": "diverged", "mpjpe_mm": None, "median_abs_c_mm": None,
+                "fraction_met": [None] * len(THRESHOLDS_MM), "nonfinite_predictions": bad}
+    return {
+        "mpjpe_mm": float(pose_metrics.mpjpe(pred, joints)),
+        "median_abs_c_mm": float(pose_metrics.median_abs_constraint(pred)),
+        "fraction_met": [float(v) for v in pose_metrics.fraction_met(pred, THRESHOLDS_MM)],
+    }
 
 
 # --------------------------------------------------------------------------
