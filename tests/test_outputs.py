@@ -494,3 +494,77 @@ def test_layer_with_bounds():
     proj = OutputProjection(lambda y: jnp.sum(y, keepdims=True) - 1.0, lower=0.0)  # the simplex
     y = jax.vmap(proj)(jnp.array([[2.0, -1.0, 0.5], [0.2, 0.3, 0.5]]))
     np.testing.assert_allclose(y, [[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]], atol=1e-6)
+
+
+def test_small_cholesky_and_triangular_inverse_match_numpy():
+    """The written-out factorisations behind the fast path, against numpy."""
+    rng = np.random.default_rng(20)
+    a = rng.normal(size=(6, 40))
+    g = a @ a.T
+    r, ok = outputs._project._chol_upper(jnp.asarray(g), 1e-12)
+    assert bool(ok)
+    np.testing.assert_allclose(r, np.linalg.cholesky(g).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs._project._inv_upper(r), np.linalg.inv(np.asarray(r)), rtol=1e-4,
+                               atol=1e-6)
+    g[2] = g[:, 2] = 0.0  # a zero row: a zero pivot is refused, and nothing is NaN
+    r, ok = outputs._project._chol_upper(jnp.asarray(g), 1e-6)
+    assert not bool(ok) and np.isfinite(np.asarray(r)).all()
+
+
+@pytest.mark.parametrize("tail", [4, None])
+def test_fast_path_tail_and_fallback_agree_with_the_svd_solver(dtype, monkeypatch, tail):
+    """Batch-wide CholeskyQR2 iterations, the gathered tail and the SVD fallback give the SVD answer.
+
+    A batch of 40 skeletons with large corrections (iteration counts spread
+    from 3 to over 10) and three degenerate ones (zero-length bones: a
+    rank-deficient Jacobian that the fast factorisation must decline), solved
+    once as shipped (tail 16, or 4 so that the tail loops over several
+    chunks) and once with the fast path off (every sample in its own
+    vmapped loop with the SVD factorisation).
+    """
+    rng = np.random.default_rng(21)
+    y_hat = random_skeletons(rng, 40, 45.0)
+    y_hat[[5, 17, 33]] = 0.0
+    y_hat[17, 12] = 50.0  # only the left upper arm and forearm have length
+    y_hat[33, :9] = 3.0
+    y_hat = jnp.asarray(y_hat, dtype)
+    if tail is not None:
+        monkeypatch.setattr(outputs._project, "_TAIL", tail)
+    project = lambda v: project_outputs(bone_symmetry, v)  # noqa: E731
+    y, info = jax.jit(project)(y_hat)
+    grad = jax.grad(lambda v: jnp.sum(jnp.sin(project(v)[0])))(y_hat)
+    monkeypatch.setattr(outputs._project, "_FAST_MAX_ROWS", 0)
+    y_ref, info_ref = jax.jit(project)(y_hat)
+    grad_ref = jax.grad(lambda v: jnp.sum(jnp.sin(project(v)[0])))(y_hat)
+    its = np.asarray(info_ref.iterations)
+    assert its.max() > 8 and its.min() <= 4  # the batch really spreads
+    np.testing.assert_array_equal(info.status, info_ref.status)
+    assert np.abs(np.asarray(info.iterations) - its).max() <= 1
+    close = dict(rtol=1e-3, atol=1e-2) if dtype == np.float32 else dict(rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(y, y_ref, **close)
+    np.testing.assert_allclose(info.multipliers, info_ref.multipliers, **close)
+    # gradients on the regular samples (at the degenerate ones, bones of rounding-level
+    # length have curvature 1 / length, and the derivative there is not meaningful)
+    ok = np.array(info_ref.converged)
+    ok[[5, 17, 33]] = False
+    assert ok.sum() == 37
+    np.testing.assert_allclose(np.asarray(grad)[ok], np.asarray(grad_ref)[ok], **close)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_ill_conditioned_linear_equalities_match_closed_form(dtype):
+    """cond(A) = 3e3: past what CholeskyQR2 accepts in float32; the SVD path meets the closed form."""
+    rng = np.random.default_rng(22)
+    u, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    v, _ = np.linalg.qr(rng.normal(size=(9, 4)))
+    a = u @ np.diag([1.0, 0.3, 0.01, 1 / 3e3]) @ v.T
+    b = rng.normal(size=4)
+    y_hat = rng.normal(size=(6, 9))
+    y_ref, _ = affine_projection(a, b, y_hat, np.ones(9))
+    aj, bj = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    y, info = project_outputs(lambda y: aj @ y - bj, jnp.asarray(y_hat, dtype))
+    assert info.converged.all(), info.describe()
+    scale = np.abs(y_ref).max()
+    # cond(A) eps: the accuracy of a QR-based solve; plus the stopping rule's own tolerance
+    limit = (3e3 * 64 * np.finfo(dtype).eps + 4 * outputs.default_tol(dtype)) * scale
+    assert np.abs(np.asarray(y, np.float64) - y_ref).max() <= limit

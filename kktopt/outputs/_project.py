@@ -78,14 +78,21 @@ def project_outputs(
     sample, and ``W = diag(weight)``. This is the output layer of HardNet,
     KKT-hPINN, ENFORCE and Pi-net, for general smooth nonlinear constraints.
 
-    Forward pass (per sample, ``jax.vmap``-ed over the batch): Gauss-Newton
+    Forward pass (per sample, batched over the leading axis): Gauss-Newton
     SQP iterations, each the exact closest point to ``y_hat`` on the current
-    linearisation of the working constraints, from a thin SVD of the weighted
-    Jacobian ``J W^{-1/2}`` computed as a Householder QR of its transpose and
-    an SVD of the m x m triangle (accuracy governed by cond(J), not cond(J)^2;
-    singular values below ``10 max(m, n) eps s_max`` are dropped, so a
-    rank-deficient or incompatible system gives the minimum-norm
-    least-squares step), with an Armijo backtracking line search on the merit
+    linearisation of the working constraints, from an orthonormal basis of
+    the row space of the weighted Jacobian ``J W^{-1/2}``: a thin SVD
+    computed as a Householder QR of its transpose and an SVD of the m x m
+    triangle (accuracy governed by cond(J), not cond(J)^2; singular values
+    below ``10 max(m, n) eps s_max`` are dropped, so a rank-deficient or
+    incompatible system gives the minimum-norm least-squares step). For
+    equality constraints with at most 16 rows the iterations first use
+    CholeskyQR2 (two Cholesky passes on m x m Gram matrices, written out so
+    that they vectorise over the batch), accepted only where it is as
+    accurate (``cond(J)^2 eps < 0.1``), else the sample continues with the
+    SVD; and once at most 16 samples of the batch are still iterating, those
+    continue on their own instead of the whole batch waiting for the
+    slowest. An Armijo backtracking line search runs on the merit
     function ``1/2 ||y - y_hat||_W^2 + rho ||c(y)||`` (``rho`` above the
     multipliers' norm, which makes every step a descent direction; Nocedal
     and Wright 2006, Sec. 18.3-18.4). Gauss-Newton converges linearly, at a
@@ -227,6 +234,9 @@ def project_outputs(
       (active sets), 18.1-18.4 (SQP, merit functions, line search).
       Hintermuller, Ito, Kunisch (2002), SIAM J. Optim. 13(3):865-888
       (primal-dual active set strategy).
+      Fukaya, Nakatsukasa, Yanagisawa, Yamamoto (2014), "CholeskyQR2: a
+      simple and communication-avoiding algorithm for computing a tall-skinny
+      QR factorization", ScalA 2014 (the fast factorisation).
     """
     y_hat = jnp.asarray(y_hat)
     if y_hat.ndim < 1:
@@ -296,8 +306,7 @@ def project_outputs(
     params, static = eqx.partition(fns, eqx.is_inexact_array)
     solve = _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol,
                          int(max_iter), int(max_backtracks), bool(hessian))
-    y, info = jax.vmap(solve, in_axes=(None, 0, 0))(
-        params, y_hat.reshape(batch, n), w.reshape(batch, n))
+    y, info = solve(params, y_hat.reshape(batch, n), w.reshape(batch, n))
     return y.reshape(y_hat.shape), info
 
 
@@ -338,9 +347,86 @@ def _with_bound_rows(inequality_fn, lo, hi):
     return extended
 
 
+def _chol_upper(g, cut):
+    """Upper Cholesky factor ``g = r^T r`` of a small SPD matrix, written out (vectorises over a batch).
+
+    Returns ``(r, ok)``; ``ok`` is False where a pivot is at or below ``cut``
+    (numerically singular), and ``r`` is then finite but meaningless.
+    """
+    m = g.shape[0]
+    rows = [[None] * m for _ in range(m)]  # rows[i][j] = r[i, j], i <= j
+    ok = jnp.array(True)
+    for i in range(m):
+        d = g[i, i] - sum(rows[k][i] ** 2 for k in range(i))
+        ok = ok & (d > cut)
+        rii = jnp.sqrt(jnp.where(d > cut, d, 1.0))
+        rows[i][i] = rii
+        for j in range(i + 1, m):
+            rows[i][j] = (g[i, j] - sum(rows[k][i] * rows[k][j] for k in range(i))) / rii
+    zero = jnp.zeros((), g.dtype)
+    r = jnp.stack([jnp.stack([rows[i][j] if j >= i else zero for j in range(m)]) for i in range(m)])
+    return r, ok
+
+
+def _inv_upper(r):
+    """Inverse of a small upper-triangular matrix by back substitution, written out."""
+    m = r.shape[0]
+    cols = []
+    for j in range(m):  # column j of r^-1 solves r x = e_j
+        x = [None] * m
+        for i in reversed(range(m)):
+            rhs = (1.0 if i == j else 0.0) - sum(r[i, k] * x[k] for k in range(i + 1, m))
+            x[i] = rhs / r[i, i] if i <= j else jnp.zeros((), r.dtype)
+        cols.append(jnp.stack(x))
+    return jnp.stack(cols, axis=1)
+
+
+def _small_matmul(r, x):
+    """``r @ x`` for a small ``r`` (at most 16 columns), as a written-out sum over its columns.
+
+    Under ``vmap`` this is one fused elementwise loop; XLA:CPU's batched dot
+    for such shapes (batch x 6 x 6 times batch x 6 x 51) is 3-7x slower.
+    """
+    if r.shape[1] > _FAST_MAX_ROWS:
+        return r @ x
+    if x.ndim == 1:
+        return sum(r[:, i] * x[i] for i in range(r.shape[1]))
+    return sum(r[:, i][:, None] * x[i][None, :] for i in range(r.shape[1]))
+
+
+# Largest number of rows for which the forward iterations first try the
+# written-out CholeskyQR2 factorisation (see `_make_solver`).
+_FAST_MAX_ROWS = 16
+# Samples still iterating when the batch-wide loop hands over to per-sample loops.
+_TAIL = 16
+_NEEDS_ROBUST = -2  # internal: the fast factorisation declined; continue with the SVD one
+
+
 def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, max_backtracks,
                  use_hessian):
-    """The per-sample solve with its implicit VJP, for fixed shapes and options."""
+    """The batched solve with its implicit VJP, for fixed shapes and options.
+
+    Every iteration factors the weighted Jacobian of the working constraints
+    as ``a = R^T Q^T`` (``Q`` an orthonormal basis of its row space) and uses
+    it for the minimum-norm step, the tangent projection and the multipliers.
+    Two factorisations give that form:
+
+    * robust: the thin SVD through a Householder QR of ``a^T`` and an SVD of
+      the m x m triangle, with the rank cut-off (any rank, any conditioning);
+    * fast (equalities only, m <= 16 <= n): CholeskyQR2 (Fukaya, Nakatsukasa,
+      Yanagisawa, Yamamoto 2014): two Cholesky passes of m x m Gram matrices,
+      written out so that it vectorises over the batch instead of calling
+      LAPACK once per sample. It is accepted only where the second Gram
+      matrix is within 0.1 of the identity (``cond(a)^2 eps`` below 0.1),
+      where its ``Q`` is orthonormal to rounding and it agrees with the SVD
+      (no singular value is cut there); otherwise the sample continues with
+      the robust factorisation from the same iterate.
+
+    The iterations run batch-wide until at most 16 samples still iterate;
+    those (and any the fast factorisation declined) continue in per-sample
+    loops on a gathered sub-batch of 16 with the robust factorisation, so the
+    whole batch no longer waits for its slowest sample.
+    """
     m = m_e + m_i
     eps = float(jnp.finfo(dtype).eps)
     tiny = float(jnp.finfo(dtype).tiny)
@@ -348,6 +434,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
     cg_rtol = 16 * eps  # adjoint solve: to rounding level
     newton_rtol = 1e-3  # forward SQP steps: inexact Newton is enough
     cg_maxiter = n + 2
+    fast = m_i == 0 and 1 <= m <= min(n, _FAST_MAX_ROWS)
 
     def h_all(params, y):
         eq, ineq = eqx.combine(params, static)
@@ -359,34 +446,71 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         f = lambda yy: h_all(params, yy)
         return (jax.jacrev(f) if m < n else jax.jacfwd(f))(y)
 
-    def factor(a):
-        """Thin SVD a = u diag(s) vk with the kept singular values (rank cut-off rcond).
+    def values_and_jacobian(params, y):
+        """``(h(y), J(y))`` sharing one evaluation of the constraints."""
+        if m >= n:
+            return h_all(params, y), jacobian(params, y)
+        h, pullback = jax.vjp(lambda yy: h_all(params, yy), y)
+        return h, jax.vmap(lambda e: pullback(e)[0])(jnp.eye(m, dtype=dtype))
 
-        For m <= n from a Householder QR of a^T and the SVD of its m x m
-        triangle (much cheaper than an SVD of a, and as accurate: no a a^T).
+    def factor_robust(a):
+        """``(qt, p)`` with ``pinv(a) = qt^T p``, the rows of ``qt`` an orthonormal basis of the kept row space.
+
+        Thin SVD ``a = u diag(s) vk`` with the kept singular values (rank
+        cut-off rcond); for m <= n from a Householder QR of a^T and the SVD of
+        its m x m triangle (cheaper than an SVD of a, and as accurate: no
+        a a^T). Dropped directions are zero rows of ``qt``.
         """
         if m <= n:
-            q, r = jnp.linalg.qr(a.T)  # a^T = q r
-            ur, s, vrt = jnp.linalg.svd(r)  # r = ur s vrt  =>  a = vrt^T s (q ur)^T
-            u, vk = vrt.T, (q @ ur).T
+            qa, r = jnp.linalg.qr(a.T)  # a^T = qa r
+            ur, s, vrt = jnp.linalg.svd(r)  # r = ur s vrt  =>  a = vrt^T s (qa ur)^T
+            u, vk = vrt.T, (qa @ ur).T
         else:
             u, s, vk = jnp.linalg.svd(a, full_matrices=False)
         keep = s > jnp.maximum(rcond * jnp.max(s), tiny)
         sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
-        return u, keep, sinv, vk
+        return vk * keep[:, None], sinv[:, None] * u.T
 
-    def tangent(vk, keep, x):
-        """x minus its part in the row space of the working Jacobian."""
-        return x - vk.T @ (keep * (vk @ x))
+    def factor_fast(a):
+        """CholeskyQR2 of ``a^T``: ``(q^T, r^-T, ok)``; ``ok`` False where it must not be used."""
+        g1 = a @ a.T
+        r1, ok1 = _chol_upper(g1, 16 * eps * jnp.max(jnp.diagonal(g1)) + tiny)
+        r1it = _inv_upper(r1).T
+        q1t = _small_matmul(r1it, a)  # rows: an orthonormal basis up to cond(a)^2 eps
+        g2 = q1t @ q1t.T
+        r2, ok2 = _chol_upper(g2, 0.5)
+        r2it = _inv_upper(r2).T
+        qt = _small_matmul(r2it, q1t)
+        pinv_left = _small_matmul(r2it, r1it)
+        ok = ok1 & ok2 & (jnp.max(jnp.abs(g2 - jnp.eye(m, dtype=dtype))) <= 0.1)
+        ok = ok & jnp.all(jnp.isfinite(qt)) & jnp.all(jnp.isfinite(pinv_left))
+        return qt, pinv_left, ok
 
-    def projected_cg(matvec, vk, keep, rhs, rtol):
+    def factor_batch(a):
+        """A batch of factorisations: the fast one, with the robust one wherever it declined."""
+        if not fast:
+            return jax.vmap(factor_robust)(a)
+        q, p, ok = jax.vmap(factor_fast)(a)
+
+        def mend(qp):
+            qr_, pr_ = jax.vmap(factor_robust)(a)
+            sel = lambda f, r: jnp.where(ok[:, None, None], f, r)  # noqa: E731
+            return sel(qp[0], qr_), sel(qp[1], pr_)
+
+        return jax.lax.cond(jnp.all(ok), lambda qp: qp, mend, (q, p))
+
+    def tangent(qt, x):
+        """x minus its part in the row space of the working Jacobian (orthonormal rows ``qt``)."""
+        return x - _small_matmul(qt.T, qt @ x)
+
+    def projected_cg(matvec, q, rhs, rtol):
         """Solves P M P x = P rhs on the tangent space by CG (Nocedal and Wright, Alg. 16.2).
 
         Returns x and whether the reduced matrix was positive definite along
         every direction tried (else x is the iterate before the first direction of
         non-positive curvature).
         """
-        r0 = tangent(vk, keep, rhs)
+        r0 = tangent(q, rhs)
         bnorm = jnp.linalg.norm(r0)
 
         def cond(c):
@@ -395,7 +519,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
 
         def body(c):
             k, x, r, p, rr, _ = c
-            mp = tangent(vk, keep, matvec(p))
+            mp = tangent(q, matvec(p))
             curv = p @ mp
             bad = ~(curv > eps * (p @ p))
             alpha = jnp.where(bad, 0.0, rr / jnp.where(bad, 1.0, curv))
@@ -414,164 +538,203 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         grad = jax.grad(lambda yy: nu @ h_all(params, yy))
         return jax.jvp(grad, (y,), (p,))[1]
 
-    def forward(params, yh, w):
+    eq_rows = np.arange(m) < m_e  # numpy: a constant, not a value of the enclosing trace
+
+    def analyse(params, yh, w, y, active, nu_prev, robust):
+        """Constraints, the SQP step on the working set and the KKT tests at y."""
         sw = jnp.sqrt(w)
         zh = sw * yh
-        eq_rows = jnp.arange(m) < m_e
+        h, jac = values_and_jacobian(params, y)
+        finite = jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(jac))
+        working = eq_rows | jnp.concatenate([jnp.zeros(m_e, bool), active])
+        mask = working.astype(dtype)
+        hw = h * mask
+        at = jac * mask[:, None] / sw[None, :]
+        if robust:
+            q, pl = factor_robust(at)
+            usable = jnp.array(True)
+        else:
+            q, pl, usable = factor_fast(at)
+        z = sw * y
+        v = zh - z
+        vnorm, znorm = jnp.linalg.norm(v), jnp.max(jnp.abs(z), initial=0.0)
+        tang = tangent(q, v)
+        dn = -_small_matmul(q.T, pl @ hw)  # minimum-norm step onto the linearisation
+        if use_hessian:
+            nu_w = nu_prev * mask
 
-        def analyse(y, active, nu_prev):
-            """Constraints, the SQP step on the working set and the KKT tests at y."""
-            h = h_all(params, y)
-            jac = jacobian(params, y)
-            finite = jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(jac))
-            working = eq_rows | jnp.concatenate([jnp.zeros(m_e, bool), active])
-            mask = working.astype(dtype)
-            hw = h * mask
-            at = jac * mask[:, None] / sw[None, :]
-            u, keep, sinv, vk = factor(at)
-            z = sw * y
-            v = zh - z
-            vnorm, znorm = jnp.linalg.norm(v), jnp.max(jnp.abs(z), initial=0.0)
-            tang = tangent(vk, keep, v)
-            dn = -vk.T @ (sinv * (u.T @ hw))  # minimum-norm step onto the linearisation
-            if use_hessian:
-                nu_w = nu_prev * mask
+            def hess_z(p):  # (I + W^-1/2 H_L W^-1/2) p
+                return p + lagrangian_hvp(params, y, nu_w, p / sw) / sw
 
-                def hess_z(p):  # (I + W^-1/2 H_L W^-1/2) p
-                    return p + lagrangian_hvp(params, y, nu_w, p / sw) / sw
+            dt, pd = projected_cg(hess_z, q, v - hess_z(dn), newton_rtol)
+            pd = pd & jnp.all(jnp.isfinite(dt))
+            d = dn + jnp.where(pd, dt, tang)
+            resid = v - jnp.where(pd, hess_z(d), d)
+        else:
+            d = dn + tang
+            resid = v - d
+        nu = pl.T @ (q @ resid)  # multipliers of the linearised problem
+        scale = atol + tol * jnp.sum(jnp.abs(jac), axis=1) * jnp.max(jnp.abs(y), initial=0.0)
+        force = tol * (vnorm + znorm)
+        rownorm = jnp.linalg.norm(at, axis=1)
+        g, gs = h[m_e:], scale[m_e:]
+        nu_here = pl.T @ (q @ v)  # least-squares multipliers at y itself
+        mu_ok = nu_here[m_e:] * rownorm[m_e:] >= -force
+        eq_ok = jnp.all(jnp.abs(h[:m_e]) <= scale[:m_e])
+        ineq_ok = jnp.all(jnp.where(active, (jnp.abs(g) <= gs) & mu_ok, g <= gs))
+        stat_res = jnp.linalg.norm(tang)
+        converged = finite & eq_ok & ineq_ok & (stat_res <= force)
+        # multipliers' signs mean something only where the working set's own
+        # problem is solved: drop inequalities only there; add violated ones any time
+        ws_solved = finite & eq_ok & jnp.all(jnp.where(active, jnp.abs(g) <= gs, True)) & (
+            jnp.linalg.norm(tang) <= force)
+        new_active = jnp.where(active, mu_ok | ~ws_solved, g > gs)
+        violation = jnp.maximum(jnp.max(jnp.abs(h[:m_e]), initial=0.0),
+                                jnp.max(jnp.maximum(g, 0.0), initial=0.0))
+        feasible = eq_ok & jnp.all(jnp.where(active, jnp.abs(g) <= gs, g <= gs))
+        proj_h = at @ _small_matmul(q.T, pl @ hw)  # the part of the violation the Jacobian can reach
+        return dict(h=hw, finite=finite, usable=usable, mask=mask, proj_h=proj_h, v=v, d=d, nu=nu,
+                    nu_here=nu_here, vnorm=vnorm, znorm=znorm, converged=converged,
+                    new_active=new_active, stat_res=stat_res, violation=violation,
+                    feasible=feasible, force=force, reach=jnp.linalg.norm(proj_h),
+                    mu_scaled=jnp.where(ws_solved, nu_here[m_e:] * rownorm[m_e:], 0.0),
+                    g_excess=g - gs)
 
-                dt, pd = projected_cg(hess_z, vk, keep, v - hess_z(dn), newton_rtol)
-                pd = pd & jnp.all(jnp.isfinite(dt))
-                d = dn + jnp.where(pd, dt, tang)
-                resid = v - jnp.where(pd, hess_z(d), d)
-            else:
-                d = dn + tang
-                resid = v - d
-            nu = u @ (sinv * (vk @ resid))  # multipliers of the linearised problem
-            scale = atol + tol * jnp.sum(jnp.abs(jac), axis=1) * jnp.max(jnp.abs(y), initial=0.0)
-            force = tol * (vnorm + znorm)
-            rownorm = jnp.linalg.norm(at, axis=1)
-            g, gs = h[m_e:], scale[m_e:]
-            nu_here = u @ (sinv * (vk @ v))  # least-squares multipliers at y itself
-            mu_ok = nu_here[m_e:] * rownorm[m_e:] >= -force
-            eq_ok = jnp.all(jnp.abs(h[:m_e]) <= scale[:m_e])
-            ineq_ok = jnp.all(jnp.where(active, (jnp.abs(g) <= gs) & mu_ok, g <= gs))
-            stat_res = jnp.linalg.norm(tang)
-            converged = finite & eq_ok & ineq_ok & (stat_res <= force)
-            # multipliers' signs mean something only where the working set's own
-            # problem is solved: drop inequalities only there; add violated ones any time
-            ws_solved = finite & eq_ok & jnp.all(jnp.where(active, jnp.abs(g) <= gs, True)) & (
-                jnp.linalg.norm(tang) <= force)
-            new_active = jnp.where(active, mu_ok | ~ws_solved, g > gs)
-            violation = jnp.maximum(jnp.max(jnp.abs(h[:m_e]), initial=0.0),
-                                    jnp.max(jnp.maximum(g, 0.0), initial=0.0))
-            feasible = eq_ok & jnp.all(jnp.where(active, jnp.abs(g) <= gs, g <= gs))
-            reach = jnp.linalg.norm(keep * (u.T @ hw))
-            return dict(h=hw, finite=finite, mask=mask, u=u, keep=keep, v=v, d=d, nu=nu,
-                        nu_here=nu_here, vnorm=vnorm, znorm=znorm, converged=converged,
-                        new_active=new_active, stat_res=stat_res, violation=violation,
-                        feasible=feasible, force=force, reach=reach,
-                        mu_scaled=jnp.where(ws_solved, nu_here[m_e:] * rownorm[m_e:], 0.0),
-                        g_excess=g - gs)
+    def line_search(params, yh, w, y, a, rho, mask):
+        """Armijo backtracking on 1/2 ||z - z_hat||^2 + rho ||h_working||."""
+        sw = jnp.sqrt(w)
+        v, d, hw = a["v"], a["d"], a["h"]
+        hnorm = jnp.linalg.norm(hw)
+        slope = -(v @ d) - rho * (hw @ a["proj_h"]) / jnp.maximum(hnorm, tiny)
+        phi0 = 0.5 * a["vnorm"] ** 2 + rho * hnorm
+        slack = 16 * eps * (phi0 + a["znorm"] * (a["vnorm"] + jnp.linalg.norm(d)))
+        step = d / sw
 
-        def line_search(y, a, rho, mask):
-            """Armijo backtracking on 1/2 ||z - z_hat||^2 + rho ||h_working||."""
-            v, d, hw = a["v"], a["d"], a["h"]
-            hnorm = jnp.linalg.norm(hw)
-            proj_h = a["u"] @ (a["keep"] * (a["u"].T @ hw))
-            slope = -(v @ d) - rho * (hw @ proj_h) / jnp.maximum(hnorm, tiny)
-            phi0 = 0.5 * a["vnorm"] ** 2 + rho * hnorm
-            slack = 16 * eps * (phi0 + a["znorm"] * (a["vnorm"] + jnp.linalg.norm(d)))
-            step = d / sw
-
-            def trial(alpha):
-                yt = y + alpha * step
-                ht = h_all(params, yt) * mask
-                phi = 0.5 * jnp.sum((sw * (yh - yt)) ** 2) + rho * jnp.linalg.norm(ht)
-                ok = jnp.isfinite(phi) & (phi <= phi0 + _ARMIJO * alpha * jnp.minimum(slope, 0.0) + slack)
-                return yt, ok
-
-            def cond(c):
-                j, _, ok = c
-                return (~ok) & (j <= max_backtracks)
-
-            def body(c):
-                j, _, _ = c
-                yt, ok = trial(jnp.asarray(0.5, dtype) ** j)
-                return j + 1, yt, ok
-
-            _, yt, ok = jax.lax.while_loop(cond, body, (jnp.int32(0), y, jnp.array(False)))
+        def trial(alpha):
+            yt = y + alpha * step
+            ht = h_all(params, yt) * mask
+            phi = 0.5 * jnp.sum((sw * (yh - yt)) ** 2) + rho * jnp.linalg.norm(ht)
+            ok = jnp.isfinite(phi) & (phi <= phi0 + _ARMIJO * alpha * jnp.minimum(slope, 0.0) + slack)
             return yt, ok
 
-        def cond(state):
-            return state[4] == _RUNNING
+        def cond(c):
+            j, _, ok = c
+            return (~ok) & (j <= max_backtracks)
 
-        def body(state):
-            k, y, active, rho, status, (_, _, _, nu_prev), rounds = state
-            a = analyse(y, active, nu_prev)
-            new_active = a["new_active"]
-            if m_i:
-                # After PDAS_ROUNDS primal-dual rounds (all changes at once, which can
-                # cycle when constraints couple), one change per round: drop the most
-                # negative multiplier, else add the most violated inequality.
-                drop = jnp.where(active, a["mu_scaled"], jnp.inf)
-                add = jnp.where(active, -jnp.inf, a["g_excess"])
-                j_drop, j_add = jnp.argmin(drop), jnp.argmax(add)
-                single = jnp.where(drop[j_drop] < -a["force"], active.at[j_drop].set(False),
-                                   jnp.where(add[j_add] > 0, active.at[j_add].set(True), active))
-                new_active = jnp.where(rounds < _PDAS_ROUNDS, new_active, single)
-            stepping = a["finite"] & ~a["converged"] & (k < max_iter)
-            # Least-squares point of an incompatible linearisation: the part of the
-            # violation that the Jacobian can reach is at rounding level.
-            hn = jnp.linalg.norm(a["h"])
-            stuck = (stepping & ~a["feasible"] & (a["stat_res"] <= a["force"])
-                     & (a["reach"] <= max(tol, 64 * eps) * hn))
-            if m_i:
-                # too many inequalities in the working set make it incompatible:
-                # release the one with the smallest multiplier instead of giving up
-                score = jnp.where(active, a["nu_here"][m_e:], jnp.inf)
-                j = jnp.argmin(score)
-                release = stuck & jnp.any(active) & jnp.all(new_active == active)
-                new_active = jnp.where(release, active.at[j].set(False), new_active)
-                stuck = stuck & ~release
-            changed = jnp.any(new_active != active)
-            rounds = rounds + changed.astype(jnp.int32)
-            infeasible = stuck & ~changed
-            stepping = stepping & ~changed
-            stepping = stepping & ~infeasible
-            rho = jnp.maximum(rho, 1.1 * jnp.linalg.norm(a["nu"]))
-            yt, ok = line_search(y, a, rho, a["mask"])
-            y = jnp.where(stepping & ok, yt, y)
-            active = jnp.where(a["finite"] & ~a["converged"] & (k < max_iter), new_active, active)
-            status = jnp.select(
-                [~a["finite"], a["converged"], infeasible, stepping & ~ok, k >= max_iter],
-                [ProjectionStatus.NONFINITE, ProjectionStatus.CONVERGED, ProjectionStatus.INFEASIBLE,
-                 ProjectionStatus.STALLED, ProjectionStatus.MAX_ITER], _RUNNING).astype(jnp.int32)
-            k = jnp.where(status == _RUNNING, k + 1, k)
-            nu_next = jnp.where(stepping & ok, a["nu"], a["nu_here"])
-            summary = (a["violation"], a["stat_res"], a["vnorm"], nu_next)
-            return k, y, active, rho, status, summary, rounds
+        def body(c):
+            j, _, _ = c
+            yt, ok = trial(jnp.asarray(0.5, dtype) ** j)
+            return j + 1, yt, ok
 
+        _, yt, ok = jax.lax.while_loop(cond, body, (jnp.int32(0), y, jnp.array(False)))
+        return yt, ok
+
+    def init_state(yh):
         nonfinite_input = ~jnp.all(jnp.isfinite(yh))
         zero = jnp.zeros((), dtype)
-        init = (jnp.int32(0), yh, jnp.zeros(m_i, bool), zero,
+        return (jnp.int32(0), yh, jnp.zeros(m_i, bool), zero,
                 jnp.where(nonfinite_input, ProjectionStatus.NONFINITE, _RUNNING).astype(jnp.int32),
                 (jnp.full((), jnp.nan, dtype), jnp.full((), jnp.nan, dtype), zero,
                  jnp.zeros(m, dtype)), jnp.int32(0))
-        k, y, active, _, status, (violation, stat_res, dist, _), _ = jax.lax.while_loop(
-            cond, body, init)
-        # multipliers of the returned point (least squares on the working set)
-        nu = final_multipliers(params, y, yh, w, active)
+
+    def step(params, yh, w, state, robust):
+        """One iteration of one sample (a working-set change or a line-searched SQP step)."""
+        k, y, active, rho, status, (_, _, _, nu_prev), rounds = state
+        a = analyse(params, yh, w, y, active, nu_prev, robust)
+        new_active = a["new_active"]
+        if m_i:
+            # After PDAS_ROUNDS primal-dual rounds (all changes at once, which can
+            # cycle when constraints couple), one change per round: drop the most
+            # negative multiplier, else add the most violated inequality.
+            drop = jnp.where(active, a["mu_scaled"], jnp.inf)
+            add = jnp.where(active, -jnp.inf, a["g_excess"])
+            j_drop, j_add = jnp.argmin(drop), jnp.argmax(add)
+            single = jnp.where(drop[j_drop] < -a["force"], active.at[j_drop].set(False),
+                               jnp.where(add[j_add] > 0, active.at[j_add].set(True), active))
+            new_active = jnp.where(rounds < _PDAS_ROUNDS, new_active, single)
+        stepping = a["finite"] & ~a["converged"] & (k < max_iter)
+        # Least-squares point of an incompatible linearisation: the part of the
+        # violation that the Jacobian can reach is at rounding level.
+        hn = jnp.linalg.norm(a["h"])
+        stuck = (stepping & ~a["feasible"] & (a["stat_res"] <= a["force"])
+                 & (a["reach"] <= max(tol, 64 * eps) * hn))
+        if m_i:
+            # too many inequalities in the working set make it incompatible:
+            # release the one with the smallest multiplier instead of giving up
+            score = jnp.where(active, a["nu_here"][m_e:], jnp.inf)
+            j = jnp.argmin(score)
+            release = stuck & jnp.any(active) & jnp.all(new_active == active)
+            new_active = jnp.where(release, active.at[j].set(False), new_active)
+            stuck = stuck & ~release
+        changed = jnp.any(new_active != active)
+        rounds = rounds + changed.astype(jnp.int32)
+        infeasible = stuck & ~changed
+        stepping = stepping & ~changed
+        stepping = stepping & ~infeasible
+        rho = jnp.maximum(rho, 1.1 * jnp.linalg.norm(a["nu"]))
+        yt, ok = line_search(params, yh, w, y, a, rho, a["mask"])
+        y = jnp.where(stepping & ok, yt, y)
+        active = jnp.where(a["finite"] & ~a["converged"] & (k < max_iter), new_active, active)
+        status = jnp.select(
+            [~a["finite"], a["converged"], infeasible, stepping & ~ok, k >= max_iter],
+            [ProjectionStatus.NONFINITE, ProjectionStatus.CONVERGED, ProjectionStatus.INFEASIBLE,
+             ProjectionStatus.STALLED, ProjectionStatus.MAX_ITER], _RUNNING).astype(jnp.int32)
+        k = jnp.where(status == _RUNNING, k + 1, k)
+        nu_next = jnp.where(stepping & ok, a["nu"], a["nu_here"])
+        summary = (a["violation"], a["stat_res"], a["vnorm"], nu_next)
+        new = (k, y, active, rho, status, summary, rounds)
+        if robust:
+            return new
+        # the fast factorisation declined: nothing moves, the robust loop takes over
+        declined = state[:4] + (jnp.int32(_NEEDS_ROBUST),) + state[5:]
+        return jax.tree_util.tree_map(lambda x, o: jnp.where(a["usable"], x, o), new, declined)
+
+    def run(params, yh, w, state, robust=True):
+        """One sample's loop until it stops (or, fast, until the fast factorisation declines)."""
+        return jax.lax.while_loop(lambda s: s[4] == _RUNNING,
+                                  lambda s: step(params, yh, w, s, robust), state)
+
+    def forward(params, yh, w):
+        """The batch's projections: ``(y, info, active)``, every array with the batch axis first."""
+        batch = yh.shape[0]
+        state = jax.vmap(init_state)(yh)
+        running = lambda s: s[4] == _RUNNING
+        if not fast:
+            state = jax.vmap(run, in_axes=(None, 0, 0, 0))(params, yh, w, state)
+        else:
+            tail = min(batch, _TAIL)
+
+            def wide(s):  # every sample still running takes one step, the others stay
+                new = jax.vmap(step, in_axes=(None, 0, 0, 0, None))(params, yh, w, s, False)
+                live = running(s)
+                return jax.tree_util.tree_map(
+                    lambda x, o: jnp.where(live.reshape((-1,) + (1,) * (x.ndim - 1)), x, o), new, s)
+
+            state = jax.lax.while_loop(lambda s: jnp.sum(running(s)) > tail, wide, state)
+
+            def narrow(s, code, robust):
+                """Samples with status `code`, `tail` at a time, gathered, to the end of their loops."""
+                todo = s[4] == code
+                idx = jnp.nonzero(todo, size=tail, fill_value=batch)[0]
+                valid = idx < batch
+                take = lambda x: jnp.take(x, idx, axis=0, mode="clip")
+                sub = jax.tree_util.tree_map(take, s)
+                sub_status = jnp.where(valid, _RUNNING, ProjectionStatus.CONVERGED).astype(jnp.int32)
+                sub = sub[:4] + (sub_status,) + sub[5:]
+                sub = jax.vmap(run, in_axes=(None, 0, 0, 0, None))(params, take(yh), take(w), sub, robust)
+                return jax.tree_util.tree_map(lambda x, v: x.at[idx].set(v, mode="drop"), s, sub)
+
+            # the tail with the fast factorisation, then whatever it declined with the robust one
+            for code, robust in ((_RUNNING, False), (_NEEDS_ROBUST, True)):
+                state = jax.lax.while_loop(lambda s, c=code: jnp.any(s[4] == c),
+                                           lambda s, c=code, r=robust: narrow(s, c, r), state)
+        # every sample's last iteration analysed its returned point without moving it,
+        # so the multipliers it carries are the least-squares ones of that point
+        k, y, active, _, status, (violation, stat_res, dist, nu), _ = state
         info = ProjectionInfo(status=status, iterations=k, violation=violation,
                               stationarity=stat_res, distance=dist,
-                              num_active=jnp.sum(active).astype(jnp.int32), multipliers=nu)
+                              num_active=jnp.sum(active, axis=1).astype(jnp.int32), multipliers=nu)
         return y, info, active
-
-    def final_multipliers(params, y, yh, w, active):
-        mask = ((jnp.arange(m) < m_e) | jnp.concatenate([jnp.zeros(m_e, bool), active])).astype(dtype)
-        sw = jnp.sqrt(w)
-        u, keep, sinv, vk = factor(jacobian(params, y) * mask[:, None] / sw[None, :])
-        return u @ (sinv * (vk @ (sw * (yh - y))))
 
     @jax.custom_vjp
     def solve(params, yh, w):
@@ -585,30 +748,35 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
     def solve_bwd(res, cotangents):
         params, yh, w, y, nu, active = res
         y_bar = cotangents[0]
-        mask = (jnp.arange(m) < m_e) | jnp.concatenate([jnp.zeros(m_e, bool), active])
-        mask = mask.astype(dtype)
+        mask = ((jnp.arange(m) < m_e)[None, :] | jnp.concatenate(
+            [jnp.zeros((y.shape[0], m_e), bool), active], axis=1)).astype(dtype)
         nu = jnp.where(mask > 0, nu, 0.0)
+        q, pl = factor_batch(jax.vmap(jacobian, in_axes=(None, 0))(params, y) * mask[:, :, None])
 
-        def lagrangian(p, yy):
-            return nu @ h_all(p, yy)
+        def one(y, yh, w, nu, mask, q, pl, y_bar):
+            def lagrangian(p, yy):
+                return nu @ h_all(p, yy)
 
-        # Adjoint KKT system [[H, J^T], [J, 0]] [u; s] = [y_bar; 0], H = W + sum nu_j Hess h_j,
-        # by the null-space method: u = P H P-solve on the tangent space, then J^T s = y_bar - H u.
-        u_, keep, sinv, vk = factor(jacobian(params, y) * mask[:, None])
-        hess = lambda p: w * p + lagrangian_hvp(params, y, nu, p)
-        u, _ = projected_cg(hess, vk, keep, y_bar, cg_rtol)
-        s = u_ @ (sinv * (vk @ (y_bar - hess(u))))
-        yh_bar = w * u
-        w_bar = -u * (y - yh)
+            # Adjoint KKT system [[H, J^T], [J, 0]] [u; s] = [y_bar; 0], H = W + sum nu_j Hess h_j,
+            # by the null-space method: u = P H P-solve on the tangent space, then J^T s = y_bar - H u.
+            hess = lambda p: w * p + lagrangian_hvp(params, y, nu, p)
+            u, _ = projected_cg(hess, q, y_bar, cg_rtol)
+            s = pl.T @ (q @ (y_bar - hess(u)))
+            yh_bar = w * u
+            w_bar = -u * (y - yh)
 
-        def pulled(p):
-            curvature = jax.jvp(lambda yy: lagrangian(p, yy), (y,), (u,))[1]
-            return curvature + s @ (h_all(p, y) * mask)
+            def pulled(p):
+                curvature = jax.jvp(lambda yy: lagrangian(p, yy), (y,), (u,))[1]
+                return curvature + s @ (h_all(p, y) * mask)
 
-        if jax.tree_util.tree_leaves(params):
-            p_bar = jax.tree_util.tree_map(jnp.negative, jax.grad(pulled)(params))
-        else:
-            p_bar = params
+            if jax.tree_util.tree_leaves(params):
+                p_bar = jax.tree_util.tree_map(jnp.negative, jax.grad(pulled)(params))
+            else:
+                p_bar = params
+            return p_bar, yh_bar, w_bar
+
+        p_bar, yh_bar, w_bar = jax.vmap(one)(y, yh, w, nu, mask, q, pl, y_bar)
+        p_bar = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), p_bar)
         return p_bar, yh_bar, w_bar
 
     solve.defvjp(solve_fwd, solve_bwd)
