@@ -375,8 +375,10 @@ def _inv_upper(r):
     for j in range(m):  # column j of r^-1 solves r x = e_j
         x = [None] * m
         for i in reversed(range(m)):
-            rhs = (1.0 if i == j else 0.0) - sum(r[i, k] * x[k] for k in range(i + 1, m))
-            x[i] = rhs / r[i, i] if i <= j else jnp.zeros((), r.dtype)
+            if i > j:  # below the diagonal of the inverse
+                x[i] = jnp.zeros((), r.dtype)
+                continue
+            x[i] = ((1.0 if i == j else 0.0) - sum(r[i, k] * x[k] for k in range(i + 1, j + 1))) / r[i, i]
         cols.append(jnp.stack(x))
     return jnp.stack(cols, axis=1)
 
@@ -413,7 +415,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
 
     * robust: the thin SVD through a Householder QR of ``a^T`` and an SVD of
       the m x m triangle, with the rank cut-off (any rank, any conditioning);
-    * fast (equalities only, m <= 16 <= n): CholeskyQR2 (Fukaya, Nakatsukasa,
+    * fast (equalities only, m <= min(16, n)): CholeskyQR2 (Fukaya, Nakatsukasa,
       Yanagisawa, Yamamoto 2014): two Cholesky passes of m x m Gram matrices,
       written out so that it vectorises over the batch instead of calling
       LAPACK once per sample. It is accepted only where the second Gram
@@ -423,9 +425,9 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
       the robust factorisation from the same iterate.
 
     The iterations run batch-wide until at most 16 samples still iterate;
-    those (and any the fast factorisation declined) continue in per-sample
-    loops on a gathered sub-batch of 16 with the robust factorisation, so the
-    whole batch no longer waits for its slowest sample.
+    those continue in per-sample loops on a gathered sub-batch of 16 (fast
+    factorisation), and then the samples it declined (robust factorisation),
+    so the whole batch no longer waits for its slowest sample.
     """
     m = m_e + m_i
     eps = float(jnp.finfo(dtype).eps)
@@ -454,7 +456,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         return h, jax.vmap(lambda e: pullback(e)[0])(jnp.eye(m, dtype=dtype))
 
     def factor_robust(a):
-        """``(qt, p)`` with ``pinv(a) = qt^T p``, the rows of ``qt`` an orthonormal basis of the kept row space.
+        """``(qt, p)``: ``pinv(a) = qt^T p``, the rows of ``qt`` an orthonormal basis of a's row space.
 
         Thin SVD ``a = u diag(s) vk`` with the kept singular values (rank
         cut-off rcond); for m <= n from a Householder QR of a^T and the SVD of
@@ -490,27 +492,27 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         """A batch of factorisations: the fast one, with the robust one wherever it declined."""
         if not fast:
             return jax.vmap(factor_robust)(a)
-        q, p, ok = jax.vmap(factor_fast)(a)
+        qt, p, ok = jax.vmap(factor_fast)(a)
 
         def mend(qp):
             qr_, pr_ = jax.vmap(factor_robust)(a)
             sel = lambda f, r: jnp.where(ok[:, None, None], f, r)  # noqa: E731
             return sel(qp[0], qr_), sel(qp[1], pr_)
 
-        return jax.lax.cond(jnp.all(ok), lambda qp: qp, mend, (q, p))
+        return jax.lax.cond(jnp.all(ok), lambda qp: qp, mend, (qt, p))
 
     def tangent(qt, x):
         """x minus its part in the row space of the working Jacobian (orthonormal rows ``qt``)."""
         return x - _small_matmul(qt.T, qt @ x)
 
-    def projected_cg(matvec, q, rhs, rtol):
+    def projected_cg(matvec, qt, rhs, rtol):
         """Solves P M P x = P rhs on the tangent space by CG (Nocedal and Wright, Alg. 16.2).
 
         Returns x and whether the reduced matrix was positive definite along
         every direction tried (else x is the iterate before the first direction of
         non-positive curvature).
         """
-        r0 = tangent(q, rhs)
+        r0 = tangent(qt, rhs)
         bnorm = jnp.linalg.norm(r0)
 
         def cond(c):
@@ -519,7 +521,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
 
         def body(c):
             k, x, r, p, rr, _ = c
-            mp = tangent(q, matvec(p))
+            mp = tangent(qt, matvec(p))
             curv = p @ mp
             bad = ~(curv > eps * (p @ p))
             alpha = jnp.where(bad, 0.0, rr / jnp.where(bad, 1.0, curv))
@@ -551,34 +553,34 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         hw = h * mask
         at = jac * mask[:, None] / sw[None, :]
         if robust:
-            q, pl = factor_robust(at)
+            qt, pl = factor_robust(at)
             usable = jnp.array(True)
         else:
-            q, pl, usable = factor_fast(at)
+            qt, pl, usable = factor_fast(at)
         z = sw * y
         v = zh - z
         vnorm, znorm = jnp.linalg.norm(v), jnp.max(jnp.abs(z), initial=0.0)
-        tang = tangent(q, v)
-        dn = -_small_matmul(q.T, pl @ hw)  # minimum-norm step onto the linearisation
+        tang = tangent(qt, v)
+        dn = -_small_matmul(qt.T, pl @ hw)  # minimum-norm step onto the linearisation
         if use_hessian:
             nu_w = nu_prev * mask
 
             def hess_z(p):  # (I + W^-1/2 H_L W^-1/2) p
                 return p + lagrangian_hvp(params, y, nu_w, p / sw) / sw
 
-            dt, pd = projected_cg(hess_z, q, v - hess_z(dn), newton_rtol)
+            dt, pd = projected_cg(hess_z, qt, v - hess_z(dn), newton_rtol)
             pd = pd & jnp.all(jnp.isfinite(dt))
             d = dn + jnp.where(pd, dt, tang)
             resid = v - jnp.where(pd, hess_z(d), d)
         else:
             d = dn + tang
             resid = v - d
-        nu = pl.T @ (q @ resid)  # multipliers of the linearised problem
+        nu = pl.T @ (qt @ resid)  # multipliers of the linearised problem
         scale = atol + tol * jnp.sum(jnp.abs(jac), axis=1) * jnp.max(jnp.abs(y), initial=0.0)
         force = tol * (vnorm + znorm)
         rownorm = jnp.linalg.norm(at, axis=1)
         g, gs = h[m_e:], scale[m_e:]
-        nu_here = pl.T @ (q @ v)  # least-squares multipliers at y itself
+        nu_here = pl.T @ (qt @ v)  # least-squares multipliers at y itself
         mu_ok = nu_here[m_e:] * rownorm[m_e:] >= -force
         eq_ok = jnp.all(jnp.abs(h[:m_e]) <= scale[:m_e])
         ineq_ok = jnp.all(jnp.where(active, (jnp.abs(g) <= gs) & mu_ok, g <= gs))
@@ -592,7 +594,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         violation = jnp.maximum(jnp.max(jnp.abs(h[:m_e]), initial=0.0),
                                 jnp.max(jnp.maximum(g, 0.0), initial=0.0))
         feasible = eq_ok & jnp.all(jnp.where(active, jnp.abs(g) <= gs, g <= gs))
-        proj_h = at @ _small_matmul(q.T, pl @ hw)  # the part of the violation the Jacobian can reach
+        proj_h = at @ _small_matmul(qt.T, pl @ hw)  # the part of the violation the Jacobian can reach
         return dict(h=hw, finite=finite, usable=usable, mask=mask, proj_h=proj_h, v=v, d=d, nu=nu,
                     nu_here=nu_here, vnorm=vnorm, znorm=znorm, converged=converged,
                     new_active=new_active, stat_res=stat_res, violation=violation,
@@ -751,17 +753,17 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
         mask = ((jnp.arange(m) < m_e)[None, :] | jnp.concatenate(
             [jnp.zeros((y.shape[0], m_e), bool), active], axis=1)).astype(dtype)
         nu = jnp.where(mask > 0, nu, 0.0)
-        q, pl = factor_batch(jax.vmap(jacobian, in_axes=(None, 0))(params, y) * mask[:, :, None])
+        qt, pl = factor_batch(jax.vmap(jacobian, in_axes=(None, 0))(params, y) * mask[:, :, None])
 
-        def one(y, yh, w, nu, mask, q, pl, y_bar):
+        def one(y, yh, w, nu, mask, qt, pl, y_bar):
             def lagrangian(p, yy):
                 return nu @ h_all(p, yy)
 
             # Adjoint KKT system [[H, J^T], [J, 0]] [u; s] = [y_bar; 0], H = W + sum nu_j Hess h_j,
             # by the null-space method: u = P H P-solve on the tangent space, then J^T s = y_bar - H u.
             hess = lambda p: w * p + lagrangian_hvp(params, y, nu, p)
-            u, _ = projected_cg(hess, q, y_bar, cg_rtol)
-            s = pl.T @ (q @ (y_bar - hess(u)))
+            u, _ = projected_cg(hess, qt, y_bar, cg_rtol)
+            s = pl.T @ (qt @ (y_bar - hess(u)))
             yh_bar = w * u
             w_bar = -u * (y - yh)
 
@@ -775,7 +777,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
                 p_bar = params
             return p_bar, yh_bar, w_bar
 
-        p_bar, yh_bar, w_bar = jax.vmap(one)(y, yh, w, nu, mask, q, pl, y_bar)
+        p_bar, yh_bar, w_bar = jax.vmap(one)(y, yh, w, nu, mask, qt, pl, y_bar)
         p_bar = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), p_bar)
         return p_bar, yh_bar, w_bar
 
