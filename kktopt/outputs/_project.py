@@ -712,7 +712,8 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
                 return jax.tree_util.tree_map(
                     lambda x, o: jnp.where(live.reshape((-1,) + (1,) * (x.ndim - 1)), x, o), new, s)
 
-            state = jax.lax.while_loop(lambda s: jnp.sum(running(s)) > tail, wide, state)
+            if batch > tail:  # (not traced otherwise: a batch this small starts in the tail)
+                state = jax.lax.while_loop(lambda s: jnp.sum(running(s)) > tail, wide, state)
 
             def narrow(s, code, robust):
                 """Samples with status `code`, `tail` at a time, gathered, to the end of their loops."""
