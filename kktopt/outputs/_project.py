@@ -542,14 +542,17 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
 
     eq_rows = np.arange(m) < m_e  # numpy: a constant, not a value of the enclosing trace
 
+    def working_mask(active):
+        """1 on the working rows (every equality, the active inequalities), 0 elsewhere."""
+        return (eq_rows | jnp.concatenate([jnp.zeros(m_e, bool), active])).astype(dtype)
+
     def analyse(params, yh, w, y, active, nu_prev, robust):
         """Constraints, the SQP step on the working set and the KKT tests at y."""
         sw = jnp.sqrt(w)
         zh = sw * yh
         h, jac = values_and_jacobian(params, y)
         finite = jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(jac))
-        working = eq_rows | jnp.concatenate([jnp.zeros(m_e, bool), active])
-        mask = working.astype(dtype)
+        mask = working_mask(active)
         hw = h * mask
         at = jac * mask[:, None] / sw[None, :]
         if robust:
@@ -751,8 +754,7 @@ def _make_solver(static, sample_shape, dtype, n, m_e, m_i, tol, atol, max_iter, 
     def solve_bwd(res, cotangents):
         params, yh, w, y, nu, active = res
         y_bar = cotangents[0]
-        mask = ((jnp.arange(m) < m_e)[None, :] | jnp.concatenate(
-            [jnp.zeros((y.shape[0], m_e), bool), active], axis=1)).astype(dtype)
+        mask = jax.vmap(working_mask)(active)
         nu = jnp.where(mask > 0, nu, 0.0)
         qt, pl = factor_batch(jax.vmap(jacobian, in_axes=(None, 0))(params, y) * mask[:, :, None])
 
