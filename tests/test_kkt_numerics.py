@@ -247,3 +247,44 @@ def test_projected_cg_against_dense_references(dtype, path, monkeypatch):
             lam = np.asarray(lams[i], np.float64)
             assert np.linalg.norm(lam - full[n:]) / np.linalg.norm(full[n:]) <= (5e-2 if dtype == jnp.float32 else 1e-5)
             assert int(status[i]) == KKTStatus.SOLVED
+
+
+@pytest.mark.parametrize("jacobian", ["per_sample", "matrix_free"])
+def test_dense_rounds_meet_rows_past_squared_conditioning(jacobian):
+    """float32, cond(A) = 5e3: cond^2 eps > 1 defeats the Schur complement, cond eps does not.
+
+    The first solve through ``A A^T`` misses the rows (shown with
+    ``refine=0``); the correction rounds (LSMR preconditioned by the
+    Schur complement's eigendecomposition) meet them, and the step is the
+    minimum-norm step of a float64 numpy reference.
+    """
+    rng = np.random.default_rng(3)
+    m, n = 24, 300
+    u_, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    v_, _ = np.linalg.qr(rng.normal(size=(n, m)))
+    x = jnp.asarray((u_ * np.logspace(0, -np.log10(5e3), m)) @ v_.T, jnp.float32)
+    w = jnp.asarray(rng.normal(size=n), jnp.float32)
+    g = jnp.asarray(rng.normal(size=n), jnp.float32)
+    cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731  one constraint per sample (row of x)
+    a = np.asarray(x, np.float64)
+    c = a @ np.asarray(w, np.float64) - 1.0
+    u = -1e-3 * np.asarray(g, np.float64)
+    ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+
+    def run(solver):
+        tx = optax.chain(optax.sgd(1e-3), kktopt.project_kkt(cfn, solver=solver))
+        dw, info = step(tx, w, g, x)
+        return np.asarray(dw, np.float64), info
+
+    _, first = run(kktopt.KKTSolver(method="dense", jacobian=jacobian, refine=0))
+    assert int(first.status) != KKTStatus.SOLVED and float(first.linearized_residual) > 1e-3
+    dw, info = run(kktopt.KKTSolver(jacobian=jacobian))
+    res = np.linalg.norm(c + a @ dw) / np.linalg.norm(c)
+    assert int(info.status) == KKTStatus.SOLVED and int(info.refinements) >= 1, info.describe()
+    assert res <= TARGET[jnp.float32], res
+    np.testing.assert_allclose(float(info.linearized_residual), res, rtol=0.5, atol=1e-4)
+    assert np.linalg.norm(dw - ref) / np.linalg.norm(ref) <= 1e-2
+    # Adam's metric (a diagonal pytree) through the same rounds; rows checked in float64.
+    dw, info = step(kktopt.hard_adam(1e-3, cfn, solver=kktopt.KKTSolver(jacobian=jacobian)), w, g, x)
+    res = np.linalg.norm(c + a @ np.asarray(dw, np.float64)) / np.linalg.norm(c)
+    assert int(info.status) == KKTStatus.SOLVED and res <= TARGET[jnp.float32], (res, info.describe())

@@ -68,20 +68,24 @@ class KKTSolution(NamedTuple):
 SolveFn = Callable[["KKTSolver", Linearization, Metric, "PyTree | None", "PyTree | None"], KKTSolution]
 
 _METHODS: dict[tuple[str, str], SolveFn] = {}
+_CORRECTIONS: dict[tuple[str, str], SolveFn] = {}
 
 
-def register_method(system: str, method: str) -> Callable[[SolveFn], SolveFn]:
+def register_method(system: str, method: str, *, correction: bool = False) -> Callable[[SolveFn], SolveFn]:
     """Register ``fn(solver, lin, metric, step, gradient) -> KKTSolution`` for ``(system, method)``.
 
     ``step`` is the unconstrained step u (closest-step form) or None, in
     which case ``gradient`` h is given. The function reads its settings from
-    the :class:`KKTSolver` fields.
+    the :class:`KKTSolver` fields. With ``correction=True`` ``fn`` is instead
+    the method's correction round (called with a zero step on the rows that
+    the first solve left, ``lin.c = c + A dw``); without one, the rounds call
+    the method itself.
     """
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}.")
 
     def add(fn: SolveFn) -> SolveFn:
-        _METHODS[(system, method)] = fn
+        (_CORRECTIONS if correction else _METHODS)[(system, method)] = fn
         return fn
 
     return add
@@ -335,9 +339,10 @@ class KKTSolver(eqx.Module):
         """
         if (step is None) == (gradient is None):
             raise ValueError("KKTSolver.solve needs exactly one of step= (closest-step form) or gradient=.")
-        fn = _METHODS[(self.system, self.resolve(lin, metric))]
+        key = (self.system, self.resolve(lin, metric))
+        fn = _METHODS[key]
         sol = fn(self, lin, metric, step, gradient)
-        return _refine_and_judge(self, fn, lin, metric, sol)
+        return _refine_and_judge(self, _CORRECTIONS.get(key, fn), lin, metric, sol)
 
 
 def _relative(rnorm, cnorm):
@@ -346,7 +351,7 @@ def _relative(rnorm, cnorm):
 
 
 def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: Metric, sol: KKTSolution):
-    """Correction rounds on the true rows ``r = c + A dw``, then the step's status."""
+    """Correction rounds (``fn``) on the true rows ``r = c + A dw``, then the step's status."""
     c = lin.c
     dtype = c.dtype
     cnorm = jnp.linalg.norm(c)
