@@ -24,7 +24,7 @@ from kktopt.kkt._metric import Metric
 from kktopt.kkt._solver import KKTSolution, KKTSolver, register_method
 from kktopt.krylov import SolverInfo, Stop, cg, dense_solve, lsmr, min_norm_factor, minres, minres_qlp
 from kktopt._tree import pow2_scale
-from kktopt.krylov.dense import dense_info, symmetric_pinv
+from kktopt.krylov.dense import PinvFactor, dense_info, symmetric_pinv
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -146,11 +146,12 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step)
     delta = jnp.where(finite, delta, 0)
     info = dense_info(schur, r, lam, factor, cfg.tolerance(dtype), istop)
     dw = _tree.tree_lincomb((1.0, step), (-1.0, lin.unravel(delta)))
-    return KKTSolution(step=dw, multipliers=lam, info=info)
+    return KKTSolution(step=dw, multipliers=lam, info=info, factor=factor)
 
 
 @register_method("schur", "dense", correction=True)
-def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
+def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient,
+                      factor: PinvFactor | None = None) -> KKTSolution:
     """A correction round of ``"dense"``: the rows through a preconditioned second Gram matrix.
 
     The rows left by the first solve are ``r = lin.c`` (``step`` is zero).
@@ -166,8 +167,9 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     grows with ``cond(C)^2``, not ``cond(B)^2``; the multipliers are
     ``V W^-1/2 pinv(C C^T) W^-1/2 V^T r``. The same idea as CholeskyQR2
     (a second Gram matrix of the once-orthogonalised rows); two more
-    products with A. Rounds repeat while the rows fail and each round
-    halves their residual.
+    products with A (``factor``, the first solve's eigendecomposition of the
+    same S, saves forming S again). Rounds repeat while the rows fail and
+    each round halves their residual.
 
     References:
       T. Fukaya, Y. Nakatsukasa, Y. Yanagisawa and Y. Yamamoto,
@@ -181,27 +183,40 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     a, unravel = _dense_jacobian(lin, step)
     dtype = a.dtype
     n = a.shape[1]
-    sq = jnp.sqrt(_flat_inverse_diagonal(metric, n, dtype))
+    dinv = metric.inverse_diagonal
     r = lin.c + jnp.matmul(a, ravel_pytree(step)[0].astype(dtype), precision=_HIGHEST)
-    b = a * sq
-    finite = jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(b))
-    b = jnp.where(finite, b, 0)
-    r = jnp.where(finite, r, 0)
-    schur = jnp.matmul(b, b.T, precision=_HIGHEST)
-    w, v = jnp.linalg.eigh(0.5 * (schur + schur.T))
+    # B = A D^-1/2; a scalar metric scales the small matrices instead of copying A.
+    if isinstance(dinv, (int, float)):
+        sq, b = jnp.asarray(dinv ** 0.5, dtype), a
+    else:
+        sq = jnp.sqrt(_flat_inverse_diagonal(metric, n, dtype))
+        b = a * sq
+    if factor is None:
+        schur = (sq ** 2 if b is a else 1) * jnp.matmul(b, b.T, precision=_HIGHEST)
+        w, v = jnp.linalg.eigh(0.5 * (schur + schur.T))
+    else:
+        w, v = factor.eigenvalues, factor.eigenvectors
+    w = jnp.where(jnp.isfinite(w), w, 0)
+    v = jnp.where(jnp.isfinite(v), v, 0)
     rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
     floor = jnp.maximum(default_dense_rcond(dtype) * jnp.max(jnp.abs(w), initial=0), jnp.finfo(dtype).tiny)
     pre = jax.lax.rsqrt(jnp.maximum(w, floor))[:, None] * v.T  # W^-1/2 V^T
     cmat = jnp.matmul(pre, b, precision=_HIGHEST)
+    if b is a:
+        cmat = sq * cmat
     gram = jnp.matmul(cmat, cmat.T, precision=_HIGHEST)
     gram = 0.5 * (gram + gram.T)
-    rhs = jnp.matmul(pre, r, precision=_HIGHEST)
-    factor = symmetric_pinv(gram, rcond)
-    mu = factor.apply(rhs)
-    mu = mu + factor.apply(rhs - jnp.matmul(gram, mu, precision=_HIGHEST))
+    # A non-finite entry of A makes this Gram matrix non-finite: checked here, not on A.
+    finite = jnp.all(jnp.isfinite(gram)) & jnp.all(jnp.isfinite(r))
+    gram = jnp.where(finite, gram, 0)
+    cmat = jnp.where(finite, cmat, 0)
+    rhs = jnp.matmul(pre, jnp.where(finite, r, 0), precision=_HIGHEST)
+    factor2 = symmetric_pinv(gram, rcond)
+    mu = factor2.apply(rhs)
+    mu = mu + factor2.apply(rhs - jnp.matmul(gram, mu, precision=_HIGHEST))
     delta = sq * jnp.matmul(mu, cmat, precision=_HIGHEST)
     istop = jnp.where(finite, 0, Stop.NONFINITE).astype(jnp.int32)
-    info = dense_info(gram, rhs, mu, factor, cfg.tolerance(dtype), istop)
+    info = dense_info(gram, rhs, mu, factor2, cfg.tolerance(dtype), istop)
     dw = _tree.tree_lincomb((1.0, step), (-1.0, unravel(delta)))
     return KKTSolution(step=dw, multipliers=jnp.matmul(pre.T, mu, precision=_HIGHEST), info=info)
 

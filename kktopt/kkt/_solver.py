@@ -24,6 +24,7 @@ system (``_full.py``, ``_schur.py``) and are found through a table keyed by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -55,6 +56,8 @@ class KKTSolution(NamedTuple):
         its refinement rounds (0 when ``c = 0``), set by :meth:`KKTSolver.solve`.
       status: the :class:`~kktopt.krylov.KKTStatus` of the step (int32).
       refinements: the number of refinement rounds run (int32).
+      factor: a method's factorisation, handed to its correction rounds
+        (internal: always None in what :meth:`KKTSolver.solve` returns).
     """
 
     step: PyTree
@@ -63,6 +66,7 @@ class KKTSolution(NamedTuple):
     residual: jax.Array | None = None
     status: jax.Array | None = None
     refinements: jax.Array | None = None
+    factor: Any = None
 
 
 SolveFn = Callable[["KKTSolver", Linearization, Metric, "PyTree | None", "PyTree | None"], KKTSolution]
@@ -78,8 +82,9 @@ def register_method(system: str, method: str, *, correction: bool = False) -> Ca
     which case ``gradient`` h is given. The function reads its settings from
     the :class:`KKTSolver` fields. With ``correction=True`` ``fn`` is instead
     the method's correction round (called with a zero step on the rows that
-    the first solve left, ``lin.c = c + A dw``); without one, the rounds call
-    the method itself.
+    the first solve left, ``lin.c = c + A dw``, and ``factor=`` the first
+    solve's ``KKTSolution.factor`` when it set one); without one, the rounds
+    call the method itself.
     """
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}.")
@@ -342,7 +347,12 @@ class KKTSolver(eqx.Module):
         key = (self.system, self.resolve(lin, metric))
         fn = _METHODS[key]
         sol = fn(self, lin, metric, step, gradient)
-        return _refine_and_judge(self, _CORRECTIONS.get(key, fn), lin, metric, sol)
+        correct = _CORRECTIONS.get(key)
+        if correct is None:
+            correct = fn
+        elif sol.factor is not None:  # the rounds reuse the first solve's factorisation
+            correct = functools.partial(correct, factor=sol.factor)
+        return _refine_and_judge(self, correct, lin, metric, sol._replace(factor=None))
 
 
 def _relative(rnorm, cnorm):
