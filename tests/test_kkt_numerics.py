@@ -254,9 +254,9 @@ def test_dense_rounds_meet_rows_past_squared_conditioning(jacobian):
     """float32, cond(A) = 5e3: cond^2 eps > 1 defeats the Schur complement, cond eps does not.
 
     The first solve through ``A A^T`` misses the rows (shown with
-    ``refine=0``); the correction rounds (LSMR preconditioned by the
-    Schur complement's eigendecomposition) meet them, and the step is the
-    minimum-norm step of a float64 numpy reference.
+    ``refine=0``); the correction rounds (the Gram matrix of the rows
+    preconditioned by the Schur complement's eigendecomposition) meet them,
+    and the step is the minimum-norm step of a float64 numpy reference.
     """
     rng = np.random.default_rng(3)
     m, n = 24, 300

@@ -154,7 +154,8 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
                       factor: PinvFactor | None = None) -> KKTSolution:
     """A correction round of ``"dense"``: the rows through a preconditioned second Gram matrix.
 
-    The rows left by the first solve are ``r = lin.c`` (``step`` is zero).
+    The rows left by the first solve are ``r = lin.c``; ``step`` is zero (the
+    contract of a correction round, see ``register_method``).
     Another solve through the computed ``S = A D^-1 A^T`` would repeat its
     error once ``cond(A D^-1/2)^2 eps`` nears 1: the eigenvalues of S below
     about ``eps ||S||`` are rounding. This round forms ``B = A D^-1/2``
@@ -184,7 +185,7 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     dtype = a.dtype
     n = a.shape[1]
     dinv = metric.inverse_diagonal
-    r = lin.c + jnp.matmul(a, ravel_pytree(step)[0].astype(dtype), precision=_HIGHEST)
+    r = lin.c  # the rounds pass a zero step: no product A u to form
     # B = A D^-1/2; a scalar metric scales the small matrices instead of copying A.
     if isinstance(dinv, (int, float)):
         sq, b = jnp.asarray(dinv ** 0.5, dtype), a
