@@ -269,6 +269,10 @@ def main(argv=None):
     def pick(table):
         return {k: v for k, v in table.items() if keep is None or k in keep}
 
+    def save():  # after every problem, so a later one that fails loses nothing measured
+        if args.write:
+            replace_section(RESULTS, SECTION, INTRO + "\n" + "\n".join(lines))
+
     all_solvers = {"sgd": pick(SOLVERS), "gn": pick(GN_SOLVERS), "adam_eps1": pick({"default": None})}
     if "mlp" in args.problems:
         for dtype in [jnp.dtype(d).type for d in args.dtypes.split(",")]:
@@ -277,8 +281,7 @@ def main(argv=None):
                 for n in [int(k) for k in args.sizes.split(",")]:
                     prob = mlp_problem(n, dtype)
                     run_problem(f"MLP m={2 * n} {jnp.dtype(dtype).name}", prob, all_solvers, args.repeats, lines, rows)
-                    if args.write:
-                        replace_section(RESULTS, SECTION, INTRO + "\n" + "\n".join(lines))
+                    save()
     if "cnn" in args.problems:
         cnn_solvers = {"sgd": pick({k: SOLVERS[k] for k in ("default", "qr", "lsmr", "schur minres_qlp")}),
                        "gn": pick(GN_SOLVERS), "adam_eps1": pick({"default": None, "qr": SOLVERS["qr"]})}
@@ -290,10 +293,7 @@ def main(argv=None):
                 # 768 backward passes of a 128-image CNN at once exhaust the 24 GB machine.
                 solvers = {k: {n: s for n, s in v.items() if n != "qr"} for k, v in cnn_solvers.items()}
             run_problem(f"CNN m={6 * samples} float32", prob, solvers, args.repeats, lines, rows)
-            if args.write:  # keep what has been measured if a later problem fails
-                replace_section(RESULTS, SECTION, INTRO + "\n" + "\n".join(lines))
-    if args.write:
-        replace_section(RESULTS, SECTION, INTRO + "\n" + "\n".join(lines))
+            save()
     return rows
 
 
