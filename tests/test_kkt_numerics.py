@@ -288,3 +288,41 @@ def test_dense_rounds_meet_rows_past_squared_conditioning(jacobian):
     dw, info = step(kktopt.hard_adam(1e-3, cfn, solver=kktopt.KKTSolver(jacobian=jacobian)), w, g, x)
     res = np.linalg.norm(c + a @ np.asarray(dw, np.float64)) / np.linalg.norm(c)
     assert int(info.status) == KKTStatus.SOLVED and res <= TARGET[jnp.float32], (res, info.describe())
+
+
+@pytest.mark.parametrize("method", ["minres_qlp", "cg"])
+def test_krylov_schur_rounds_meet_rows_past_squared_conditioning(method):
+    """float32, cond(A) = 5e3: a Krylov solve on ``A A^T`` stalls, its LSMR round on ``A`` does not.
+
+    The first solve alone (``refine=0``) misses the rows; with the rounds the
+    step meets them and is the minimum-norm step of a float64 numpy
+    reference, for SGD's metric and Adam's.
+    """
+    rng = np.random.default_rng(4)
+    m, n = 24, 300
+    u_, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    v_, _ = np.linalg.qr(rng.normal(size=(n, m)))
+    x = jnp.asarray((u_ * np.logspace(0, -np.log10(5e3), m)) @ v_.T, jnp.float32)
+    w = jnp.asarray(rng.normal(size=n), jnp.float32)
+    g = jnp.asarray(rng.normal(size=n), jnp.float32)
+    cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731
+    a = np.asarray(x, np.float64)
+    c = a @ np.asarray(w, np.float64) - 1.0
+    u = -1e-3 * np.asarray(g, np.float64)
+    ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+
+    def run(tx):
+        dw, info = step(tx, w, g, x)
+        return np.asarray(dw, np.float64), info
+
+    sgd = lambda solver: optax.chain(optax.sgd(1e-3), kktopt.project_kkt(cfn, solver=solver))  # noqa: E731
+    _, first = run(sgd(kktopt.KKTSolver(method=method, refine=0)))
+    assert int(first.status) != KKTStatus.SOLVED and float(first.linearized_residual) > 1e-3
+    dw, info = run(sgd(kktopt.KKTSolver(method=method)))
+    res = np.linalg.norm(c + a @ dw) / np.linalg.norm(c)
+    assert int(info.status) == KKTStatus.SOLVED and int(info.refinements) >= 1, info.describe()
+    assert res <= TARGET[jnp.float32], res
+    assert np.linalg.norm(dw - ref) / np.linalg.norm(ref) <= 1e-2
+    dw, info = run(kktopt.hard_adam(1e-3, cfn, solver=kktopt.KKTSolver(method=method)))
+    res = np.linalg.norm(c + a @ dw) / np.linalg.norm(c)
+    assert int(info.status) == KKTStatus.SOLVED and res <= TARGET[jnp.float32], (res, info.describe())

@@ -3,8 +3,8 @@
     (A D^-1 A^T) Lambda = c + A u,   dw = u - D^-1 A^T Lambda.
 
 Needs a metric with a cheap inverse (SGD and Adam; not Gauss-Newton).
-``"dense"`` forms the matrix (one product of the per-sample Jacobian, or m
-VJPs and m JVPs in one ``jax.vmap`` pass) and applies its pseudo-inverse
+``"dense"`` forms the matrix (one product of the m x N_p Jacobian: the
+per-sample one, or m VJPs in one ``jax.vmap`` pass) and applies its pseudo-inverse
 (eigendecomposition: exact minimum-norm for any rank); ``"minres_qlp"``,
 ``"minres"`` and ``"cg"`` solve it matrix-free, one VJP and one JVP per
 iteration.
@@ -12,7 +12,7 @@ iteration.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,16 +88,19 @@ def _krylov_schur(krylov):
     return solve
 
 
-register_method("schur", "minres_qlp")(_krylov_schur(minres_qlp))
-register_method("schur", "minres")(_krylov_schur(minres))
-register_method("schur", "cg")(_krylov_schur(cg))
+_KRYLOV_SCHUR = {name: register_method("schur", name)(_krylov_schur(krylov))
+                 for name, krylov in (("minres_qlp", minres_qlp), ("minres", minres), ("cg", cg))}
 
 
 @register_method("schur", "dense")
 def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
     step = _unconstrained_step(lin, metric, step, gradient)
-    if lin.matrix is not None and metric.inverse_diagonal is not None:
-        return _dense_from_matrix(cfg, lin, metric, step)
+    if metric.inverse_diagonal is not None:
+        # Form A once (the per-sample Jacobian, or m VJPs in one batched
+        # pass): the Schur complement is then one matmul, and a correction
+        # round reuses A and the eigendecomposition instead of m more VJPs.
+        a, unravel = _dense_jacobian(lin, step)
+        return _dense_from_matrix(cfg, lin, metric, step, a, unravel)
     r = lin.c + lin.jvp(step)
 
     def schur(lam):
@@ -108,8 +111,16 @@ def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -
     return _finish(metric, lin, step, lam, info)
 
 
-def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step) -> KKTSolution:
-    a = lin.matrix
+class _DenseFactor(NamedTuple):
+    """What ``"dense"`` hands its correction rounds: A and the eigendecomposition of ``A D^-1 A^T``."""
+
+    jacobian: jax.Array
+    unravel: Callable
+    pinv: PinvFactor
+
+
+def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step, a: jax.Array,
+                       unravel: Callable) -> KKTSolution:
     dtype = a.dtype
     dinv = metric.inverse_diagonal
     if isinstance(dinv, (int, float)):
@@ -126,7 +137,7 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step)
 
         def scaled_rows(lam):
             return jnp.matmul(lam, ad, precision=_HIGHEST)
-    u = ravel_pytree(step)[0]
+    u = ravel_pytree(step)[0].astype(dtype)
     r = lin.c + jnp.matmul(a, u, precision=_HIGHEST)
     schur = 0.5 * (schur + schur.T)
     rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
@@ -145,13 +156,13 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step)
     lam = jnp.where(finite, lam, 0)
     delta = jnp.where(finite, delta, 0)
     info = dense_info(schur, r, lam, factor, cfg.tolerance(dtype), istop)
-    dw = _tree.tree_lincomb((1.0, step), (-1.0, lin.unravel(delta)))
-    return KKTSolution(step=dw, multipliers=lam, info=info, factor=factor)
+    dw = _tree.tree_lincomb((1.0, step), (-1.0, _tree.cast_like(unravel(delta), step)))
+    return KKTSolution(step=dw, multipliers=lam, info=info, factor=_DenseFactor(a, unravel, factor))
 
 
 @register_method("schur", "dense", correction=True)
 def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient,
-                      factor: PinvFactor | None = None) -> KKTSolution:
+                      factor: _DenseFactor | None = None) -> KKTSolution:
     """A correction round of ``"dense"``: the rows through a preconditioned second Gram matrix.
 
     The rows left by the first solve are ``r = lin.c``; ``step`` is zero (the
@@ -168,8 +179,8 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     grows with ``cond(C)^2``, not ``cond(B)^2``; the multipliers are
     ``V W^-1/2 pinv(C C^T) W^-1/2 V^T r``. The same idea as CholeskyQR2
     (a second Gram matrix of the once-orthogonalised rows); two more
-    products with A (``factor``, the first solve's eigendecomposition of the
-    same S, saves forming S again). Rounds repeat while the rows fail and
+    products with A (``factor``, the first solve's A and eigendecomposition
+    of the same S, saves forming either again). Rounds repeat while the rows fail and
     each round halves their residual.
 
     References:
@@ -181,7 +192,7 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     if metric.inverse_diagonal is None:  # no D^-1/2 to form B with: the plain dense round
         return _dense(cfg, lin, metric, step, gradient)
     step = _unconstrained_step(lin, metric, step, gradient)
-    a, unravel = _dense_jacobian(lin, step)
+    a, unravel = _dense_jacobian(lin, step) if factor is None else (factor.jacobian, factor.unravel)
     dtype = a.dtype
     n = a.shape[1]
     dinv = metric.inverse_diagonal
@@ -196,7 +207,7 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
         schur = (sq ** 2 if b is a else 1) * jnp.matmul(b, b.T, precision=_HIGHEST)
         w, v = jnp.linalg.eigh(0.5 * (schur + schur.T))
     else:
-        w, v = factor.eigenvalues, factor.eigenvectors
+        w, v = factor.pinv.eigenvalues, factor.pinv.eigenvectors
     w = jnp.where(jnp.isfinite(w), w, 0)
     v = jnp.where(jnp.isfinite(v), v, 0)
     rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
@@ -322,16 +333,44 @@ def _lsmr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) ->
     """
     _needs_diagonal(metric, "lsmr")
     step = _unconstrained_step(lin, metric, step, gradient)
+    return _lsmr_solve(cfg, lin, metric, step, lin.c + lin.jvp(step))
+
+
+def _lsmr_round(krylov_solve):
+    """The correction round of ``krylov_solve`` (a Krylov method on the Schur complement): LSMR."""
+
+    def round_(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
+        if metric.inverse_diagonal is None:  # no D^-1/2 to form A D^-1/2 with: repeat the method
+            return krylov_solve(cfg, lin, metric, step, gradient)
+        return _lsmr_solve(cfg, lin, metric, _unconstrained_step(lin, metric, step, gradient), lin.c)
+
+    round_.__doc__ = _LSMR_ROUND_DOC
+    return round_
+
+
+_LSMR_ROUND_DOC = """The correction round of the Krylov methods on the Schur complement: LSMR on ``A D^-1/2``.
+
+    Another Krylov solve on ``A D^-1 A^T`` would meet the same squared
+    conditioning that stopped the first one (in float32 it stalls once
+    ``cond(A D^-1/2)^2 eps`` nears 1, as with Adam's metric at its default
+    eps). LSMR works on ``A D^-1/2`` itself, so its attainable accuracy
+    grows with ``cond(A D^-1/2)`` only; it runs only when the first solve
+    missed the rows. The rows are ``lin.c`` (a round's step is zero).
+    """
+
+
+def _lsmr_solve(cfg: KKTSolver, lin: Linearization, metric: Metric, step, r) -> KKTSolution:
     dtype = lin.c.dtype
-    r = lin.c + lin.jvp(step)
     dinv = metric.inverse_diagonal
-    if isinstance(dinv, (int, float)):
-        sqrt_dinv = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, dinv ** 0.5, p.dtype), step)
+    if isinstance(dinv, (int, float)):  # a scalar metric: no parameter-sized array of its root
+
+        def scaled(v):
+            return _tree.tree_scale(dinv ** 0.5, v)
     else:
         sqrt_dinv = jax.tree_util.tree_map(lambda d, p: jnp.sqrt(d).astype(p.dtype), dinv, step)
 
-    def scaled(v):
-        return jax.tree_util.tree_map(jnp.multiply, sqrt_dinv, v)
+        def scaled(v):
+            return jax.tree_util.tree_map(jnp.multiply, sqrt_dinv, v)
 
     def bmat(v):
         return lin.jvp(scaled(v))
@@ -347,3 +386,7 @@ def _lsmr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) ->
     info = info._replace(iterations=info.iterations + info_lam.iterations)
     dw = _tree.tree_lincomb((1.0, step), (-1.0, scaled(y)))
     return KKTSolution(step=dw, multipliers=lam, info=info)
+
+
+for _name, _solve in _KRYLOV_SCHUR.items():
+    register_method("schur", _name, correction=True)(_lsmr_round(_solve))

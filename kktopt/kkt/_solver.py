@@ -143,13 +143,13 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> 
     """The method ``method="auto"`` resolves to, from static sizes only.
 
     ``system="schur"`` with a diagonal metric: ``"dense"`` (the m x m Schur
-    complement ``A D^-1 A^T`` and its eigendecomposition, with refinement on
-    the true constraint rows, which converges while ``cond(A)^2 eps < 1``)
-    when ``m <= AUTO_QR_MAX_ROWS`` and ``m N_p <= AUTO_QR_MAX_ENTRIES`` (32M
-    entries, 128 MB in float32), else ``"minres_qlp"`` on the Schur complement
-    with refinement. ``"qr"`` (accurate to ``cond(A) eps`` even when
-    ``cond(A)^2 eps >= 1``) is the choice for worse-conditioned constraints,
-    at the price of a Householder QR of the N_p x m Jacobian. ``system="full"``:
+    complement ``A D^-1 A^T`` and its eigendecomposition; its correction
+    rounds reach about ``cond(A) eps`` on the true constraint rows) when
+    ``m <= AUTO_QR_MAX_ROWS`` and ``m N_p <= AUTO_QR_MAX_ENTRIES`` (32M
+    entries, 128 MB in float32), else ``"minres_qlp"`` on the Schur complement,
+    whose correction rounds are LSMR on ``A D^-1/2``. ``"qr"`` (a Householder
+    QR of the N_p x m Jacobian, also about ``cond(A) eps``) costs more on
+    XLA:CPU. ``system="full"``:
     ``"projected_cg"`` when the Jacobian is small enough to factor, else
     ``"minres_qlp"``.
     """
@@ -160,9 +160,9 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> 
         return "minres_qlp"
     # "dense" rather than "qr": on the pose CNN (m = 96, N_p = 144k, float32)
     # a Householder QR of the 144k x 96 Jacobian took 3.5 s on XLA:CPU against
-    # 0.19 s for the Gram matrix and its eigendecomposition, and the row
-    # refinement recovers the accuracy the Gram matrix loses while
-    # cond(A)^2 eps < 1 (benchmarks/step_cost.py, benchmarks/kkt_accuracy.py).
+    # 0.19 s for the Gram matrix and its eigendecomposition, and the
+    # correction rounds recover the accuracy the Gram matrix loses
+    # (benchmarks/step_cost.py, benchmarks/kkt_accuracy.py).
     return "dense" if small else "minres_qlp"
 
 
@@ -196,12 +196,19 @@ class KKTSolver(eqx.Module):
       multipliers cost a second, m-dimensional solve. Memory O(N_p + m^2).
     * ``"minres_qlp"``, ``"minres"``, ``"cg"`` (``system="schur"``): Krylov on
       the m x m Schur complement ``A D^-1 A^T``, matrix-free, the cheapest per
-      iteration; the conditioning is ``kappa^2``, so float32 needs the
-      refinement rounds and fails (``ACCURACY_LIMIT``) once
-      ``kappa^2 eps`` nears 1.
-    * ``"dense"`` (``system="schur"``): forms ``A D^-1 A^T`` and applies its
-      eigendecomposition pseudo-inverse; squares ``kappa``, kept for
-      comparison.
+      iteration; the conditioning is ``kappa^2``, so in float32 the first
+      solve stalls once ``kappa^2 eps`` nears 1. Their correction rounds are
+      LSMR on ``A D^-1/2`` (conditioning ``kappa``, one JVP and one VJP per
+      iteration), which run only when the first solve misses the rows:
+      Adam's metric at its default eps is the usual case.
+    * ``"dense"`` (``system="schur"``): forms ``A`` (per-sample, or m VJPs in
+      one batched pass), the Schur complement ``A D^-1 A^T`` and its
+      eigendecomposition pseudo-inverse. Its correction rounds (only when the
+      first solve misses the rows) precondition the rows with that
+      eigendecomposition and solve through their second Gram matrix
+      (CholeskyQR2's idea), so they reach about ``kappa eps`` where the first
+      solve reached ``kappa^2 eps``; each costs two more products with ``A``.
+      Memory ``m N_p``. The default for small m.
     * ``"minres_qlp"``, ``"minres"`` (``system="full"``): the paper's
       Algorithms 1 and 2 on the full KKT matrix, matrix-free.
     * ``"projected_cg"`` (``system="full"``): the null-space method of Gould,
@@ -224,7 +231,7 @@ class KKTSolver(eqx.Module):
       maxiter: Krylov iteration limit; default :func:`default_maxiter`.
       rcond: relative cut-off of the dense methods (``"qr"``: on singular
         values of ``A D^-1/2``, default ``sqrt(max(m, N_p)) eps``;
-        ``"dense"``: on eigenvalues of ``A D^-1 A^T``, default ``eps^(3/4)``).
+        ``"dense"``: on eigenvalues of ``A D^-1 A^T``, default ``4 eps``).
       precondition: ``system="full"``: the block-diagonal preconditioner
         ``blockdiag(P, s^2 I)`` (P approximates D, s^2 is the Rayleigh
         quotient of the Schur complement along the constraint residual).
@@ -352,7 +359,10 @@ class KKTSolver(eqx.Module):
             correct = fn
         elif sol.factor is not None:  # the rounds reuse the first solve's factorisation
             correct = functools.partial(correct, factor=sol.factor)
-        return _refine_and_judge(self, correct, lin, metric, sol._replace(factor=None))
+        # A method's own round tries even when its first solve read the rows
+        # as incompatible: in float32 that can be its rounding, not the rows.
+        return _refine_and_judge(self, correct, lin, metric, sol._replace(factor=None),
+                                 retry_incompatible=key in _CORRECTIONS)
 
 
 def _relative(rnorm, cnorm):
@@ -360,8 +370,14 @@ def _relative(rnorm, cnorm):
     return jnp.where(cnorm == 0, jnp.zeros_like(rnorm), rnorm / jnp.where(cnorm == 0, 1, cnorm))
 
 
-def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: Metric, sol: KKTSolution):
-    """Correction rounds (``fn``) on the true rows ``r = c + A dw``, then the step's status."""
+def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: Metric, sol: KKTSolution,
+                      retry_incompatible: bool = False):
+    """Correction rounds (``fn``) on the true rows ``r = c + A dw``, then the step's status.
+
+    The rounds stop once one reports the rows incompatible (no round can
+    help then); with ``retry_incompatible`` the first solve's verdict does not
+    stop them, so a round of a different method gets its say.
+    """
     c = lin.c
     dtype = c.dtype
     cnorm = jnp.linalg.norm(c)
@@ -397,9 +413,11 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
             rn = jnp.where(better, rn_new, rn)
             return (k + 1, dw, lam, r, rn, its + corr.info.iterations, corr.info.istop, progress)
 
+        first = jnp.zeros_like(sol.info.istop) if retry_incompatible else sol.info.istop
         init = (jnp.zeros((), jnp.int32), sol.step, sol.multipliers, r, rnorm, sol.info.iterations,
-                sol.info.istop, jnp.ones((), bool))
+                first, jnp.ones((), bool))
         k, dw, lam, r, rnorm, its, istop, _ = jax.lax.while_loop(cond, body, init)
+        istop = jnp.where(k == 0, sol.info.istop, istop)  # no round ran: the first solve's code
         info = sol.info._replace(iterations=its.astype(jnp.int32), istop=istop.astype(jnp.int32))
         sol = sol._replace(step=dw, multipliers=lam, info=info)
         rounds = k
