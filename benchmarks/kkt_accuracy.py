@@ -50,6 +50,7 @@ from _results import RESULTS, replace_section  # noqa: E402
 
 SOLVERS = {
     "default": None,
+    "default per-sample": kktopt.KKTSolver(jacobian="per_sample"),
     "qr": kktopt.KKTSolver(method="qr"),
     "lsmr": kktopt.KKTSolver(method="lsmr"),
     "schur minres_qlp": kktopt.KKTSolver(method="minres_qlp"),
@@ -237,7 +238,8 @@ INTRO = """One hard step from the same parameters per row: `residual` is
 bound, 5 accuracy limit); `its` the inner iterations (0: dense), `ref` the
 refinement rounds on the constraint rows; time is the warm jitted step
 (forward, backward, solve). "default" is `KKTSolver()` for Hard-SGD/Adam
-(`method="auto"`) and `KKTSolver(system="full")` for Gauss-Newton-KKT.
+(`method="auto"`) and `KKTSolver(system="full")` for Gauss-Newton-KKT;
+"default per-sample" is `KKTSolver(jacobian="per_sample")` (CNN only).
 """
 
 
@@ -283,8 +285,10 @@ def main(argv=None):
                     run_problem(f"MLP m={2 * n} {jnp.dtype(dtype).name}", prob, all_solvers, args.repeats, lines, rows)
                     save()
     if "cnn" in args.problems:
-        cnn_solvers = {"sgd": pick({k: SOLVERS[k] for k in ("default", "qr", "lsmr", "schur minres_qlp")}),
-                       "gn": pick(GN_SOLVERS), "adam_eps1": pick({"default": None, "qr": SOLVERS["qr"]})}
+        cnn_solvers = {"sgd": pick({k: SOLVERS[k] for k in ("default", "default per-sample", "qr", "lsmr",
+                                                                "schur minres_qlp")}),
+                       "gn": pick(GN_SOLVERS),
+                       "adam_eps1": pick({k: SOLVERS[k] for k in ("default", "default per-sample", "qr")})}
         for samples in ((16,) if args.quick else [int(k) for k in args.cnn_samples.split(",")]):
             prob = cnn_problem(samples, args.quick, pretrain=args.pretrain)
             solvers = cnn_solvers

@@ -87,6 +87,25 @@ def test_defaults_are_defined_once_and_per_dtype():
     assert KKTSolver(maxiter=7).iteration_limit(10) == 7
 
 
+def test_auto_method_by_size_and_jacobian_mode():
+    auto = kktopt.kkt.auto_method
+    assert auto("schur", 96, 144_411, True) == "dense"
+    assert auto("schur", 768, 144_411, True) == "minres_qlp"  # A would have to be formed: 110M entries
+    assert auto("schur", 768, 144_411, True, formed=True) == "dense"  # per-sample: A is there already
+    assert auto("schur", 768, 10**6, True, formed=True) == "minres_qlp"  # its copies would not fit
+    assert auto("schur", 96, 144_411, False, formed=True) == "minres_qlp"  # no diagonal metric
+    assert auto("full", 96, 144_411, False) == "projected_cg"
+    assert auto("full", 768, 144_411, False, formed=True) == "minres_qlp"
+    # resolve() sees the mode through the linearisation.
+    params = {"w": jnp.ones((3, 2))}
+    cfn = lambda p, x: x @ p["w"]  # noqa: E731
+    batch = jnp.ones((300, 3))
+    assert KKTSolver().resolve(kktopt.kkt.linearize_constraints(cfn, params, batch),
+                               kktopt.kkt.euclidean_metric()) == "minres_qlp"  # m = 600 rows
+    per_sample = kktopt.kkt.linearize_constraints(cfn, params, batch, jacobian="per_sample")
+    assert KKTSolver(jacobian="per_sample").resolve(per_sample, kktopt.kkt.euclidean_metric()) == "dense"
+
+
 def test_bare_solver_is_the_transforms_default():
     params, grads, pool = problem()
     for make in (

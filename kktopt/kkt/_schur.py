@@ -337,18 +337,7 @@ def _lsmr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) ->
 
 
 def _lsmr_round(krylov_solve):
-    """The correction round of ``krylov_solve`` (a Krylov method on the Schur complement): LSMR."""
-
-    def round_(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
-        if metric.inverse_diagonal is None:  # no D^-1/2 to form A D^-1/2 with: repeat the method
-            return krylov_solve(cfg, lin, metric, step, gradient)
-        return _lsmr_solve(cfg, lin, metric, _unconstrained_step(lin, metric, step, gradient), lin.c)
-
-    round_.__doc__ = _LSMR_ROUND_DOC
-    return round_
-
-
-_LSMR_ROUND_DOC = """The correction round of the Krylov methods on the Schur complement: LSMR on ``A D^-1/2``.
+    """The correction round of ``krylov_solve``, a Krylov method on the Schur complement: LSMR on ``A D^-1/2``.
 
     Another Krylov solve on ``A D^-1 A^T`` would meet the same squared
     conditioning that stopped the first one (in float32 it stalls once
@@ -357,6 +346,13 @@ _LSMR_ROUND_DOC = """The correction round of the Krylov methods on the Schur com
     grows with ``cond(A D^-1/2)`` only; it runs only when the first solve
     missed the rows. The rows are ``lin.c`` (a round's step is zero).
     """
+
+    def round_(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
+        if metric.inverse_diagonal is None:  # no D^-1/2 to form A D^-1/2 with: repeat the method
+            return krylov_solve(cfg, lin, metric, step, gradient)
+        return _lsmr_solve(cfg, lin, metric, _unconstrained_step(lin, metric, step, gradient), lin.c)
+
+    return round_
 
 
 def _lsmr_solve(cfg: KKTSolver, lin: Linearization, metric: Metric, step, r) -> KKTSolution:

@@ -137,9 +137,16 @@ def default_constraint_rtol(dtype) -> float:
 # at most this many rows, and at most this many entries of the m x N_p matrix.
 AUTO_QR_MAX_ROWS = 256
 AUTO_QR_MAX_ENTRIES = 2**25
+# With the Jacobian already formed (``jacobian="per_sample"``) the dense
+# Schur complement is one m^2 N_p matmul (compute-bound), about the time of
+# m / 20 Krylov iterations (each reads A twice, memory-bound) on XLA:CPU;
+# float32 Krylov solves need far more. Its copies of A (the metric's scaling,
+# a correction round's preconditioned rows) bound the size.
+AUTO_DENSE_MAX_FORMED_ROWS = 4096
+AUTO_DENSE_MAX_FORMED_ENTRIES = 2**28
 
 
-def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> str:
+def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool, formed: bool = False) -> str:
     """The method ``method="auto"`` resolves to, from static sizes only.
 
     ``system="schur"`` with a diagonal metric: ``"dense"`` (the m x m Schur
@@ -149,7 +156,9 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> 
     entries, 128 MB in float32), else ``"minres_qlp"`` on the Schur complement,
     whose correction rounds are LSMR on ``A D^-1/2``. ``"qr"`` (a Householder
     QR of the N_p x m Jacobian, also about ``cond(A) eps``) costs more on
-    XLA:CPU. ``system="full"``:
+    XLA:CPU. With ``formed`` (the Jacobian is already there, ``jacobian="per_sample"``)
+    the Schur system uses ``"dense"`` up to ``AUTO_DENSE_MAX_FORMED_ROWS`` rows
+    and ``AUTO_DENSE_MAX_FORMED_ENTRIES`` (256M) entries. ``system="full"``:
     ``"projected_cg"`` when the Jacobian is small enough to factor, else
     ``"minres_qlp"``.
     """
@@ -163,7 +172,8 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool) -> 
     # 0.19 s for the Gram matrix and its eigendecomposition, and the
     # correction rounds recover the accuracy the Gram matrix loses
     # (benchmarks/step_cost.py, benchmarks/kkt_accuracy.py).
-    return "dense" if small else "minres_qlp"
+    formed_small = formed and m <= AUTO_DENSE_MAX_FORMED_ROWS and m * num_params <= AUTO_DENSE_MAX_FORMED_ENTRIES
+    return "dense" if small or formed_small else "minres_qlp"
 
 
 class KKTSolver(eqx.Module):
@@ -173,8 +183,9 @@ class KKTSolver(eqx.Module):
     :func:`kktopt.scale_by_adam_kkt` and the aliases: ``method="auto"`` on the
     Schur (range-space) system, which picks, from the static sizes, the dense
     Schur complement ``"dense"`` with row refinement for ``m <= 256`` rows and
-    at most 32M Jacobian entries, else MINRES-QLP on the Schur complement
-    (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
+    at most 32M Jacobian entries (with ``jacobian="per_sample"``, which forms
+    the Jacobian anyway: up to 4096 rows and 256M entries), else MINRES-QLP
+    on the Schur complement (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
     ``benchmarks/step_cost.py``). :func:`kktopt.gauss_newton_kkt` needs
     ``system="full"`` (its metric has no cheap inverse).
 
@@ -332,7 +343,8 @@ class KKTSolver(eqx.Module):
         else:
             num_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(
                 jax.eval_shape(lin.vjp, jax.ShapeDtypeStruct(lin.c.shape, lin.c.dtype))))
-        return auto_method(self.system, m, num_params, metric.inverse_diagonal is not None)
+        return auto_method(self.system, m, num_params, metric.inverse_diagonal is not None,
+                           formed=lin.matrix is not None)
 
     def solve(
         self,
