@@ -304,7 +304,7 @@ def test_projected_model_trains_through_the_layer(x64):
     shift = lambda h: eqx.tree_at(lambda m: m.model.weight, pm, pm.model.weight + h * e)
     fd = (loss(shift(1e-6)) - loss(shift(-1e-6))) / 2e-6
     np.testing.assert_allclose(grads.model.weight[1, 2], fd, rtol=1e-6)
-    y = eqx.filter_jit(jax.vmap(pm))(x)
+    y = eqx.filter_jit(lambda m, xb: jax.vmap(m)(xb))(pm, x)
     np.testing.assert_allclose(jnp.sum(y**2, axis=1), 1.0, rtol=1e-9)
 
 
