@@ -249,6 +249,27 @@ def test_projected_cg_against_dense_references(dtype, path, monkeypatch):
             assert int(status[i]) == KKTStatus.SOLVED
 
 
+def _rows_of_condition_5e3(seed):
+    """24 linear constraints ``x_i . w = 1`` in R^300 with cond(x) = 5e3 (float32), and their float64 reference.
+
+    Returns ``(x, w, g, cfn, a, c, ref)``: the rows, the point, a gradient,
+    the constraint function (one constraint per row of x), the float64 rows
+    and values, and the minimum-norm Hard-SGD step at lr 1e-3.
+    """
+    rng = np.random.default_rng(seed)
+    m, n = 24, 300
+    u_, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    v_, _ = np.linalg.qr(rng.normal(size=(n, m)))
+    x = jnp.asarray((u_ * np.logspace(0, -np.log10(5e3), m)) @ v_.T, jnp.float32)
+    w = jnp.asarray(rng.normal(size=n), jnp.float32)
+    g = jnp.asarray(rng.normal(size=n), jnp.float32)
+    cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731
+    a = np.asarray(x, np.float64)
+    c = a @ np.asarray(w, np.float64) - 1.0
+    u = -1e-3 * np.asarray(g, np.float64)
+    return x, w, g, cfn, a, c, u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+
+
 @pytest.mark.parametrize("jacobian", ["per_sample", "matrix_free"])
 def test_dense_rounds_meet_rows_past_squared_conditioning(jacobian):
     """float32, cond(A) = 5e3: cond^2 eps > 1 defeats the Schur complement, cond eps does not.
@@ -258,18 +279,7 @@ def test_dense_rounds_meet_rows_past_squared_conditioning(jacobian):
     preconditioned by the Schur complement's eigendecomposition) meet them,
     and the step is the minimum-norm step of a float64 numpy reference.
     """
-    rng = np.random.default_rng(3)
-    m, n = 24, 300
-    u_, _ = np.linalg.qr(rng.normal(size=(m, m)))
-    v_, _ = np.linalg.qr(rng.normal(size=(n, m)))
-    x = jnp.asarray((u_ * np.logspace(0, -np.log10(5e3), m)) @ v_.T, jnp.float32)
-    w = jnp.asarray(rng.normal(size=n), jnp.float32)
-    g = jnp.asarray(rng.normal(size=n), jnp.float32)
-    cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731  one constraint per sample (row of x)
-    a = np.asarray(x, np.float64)
-    c = a @ np.asarray(w, np.float64) - 1.0
-    u = -1e-3 * np.asarray(g, np.float64)
-    ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+    x, w, g, cfn, a, c, ref = _rows_of_condition_5e3(seed=3)
 
     def run(solver):
         tx = optax.chain(optax.sgd(1e-3), kktopt.project_kkt(cfn, solver=solver))
@@ -298,18 +308,7 @@ def test_krylov_schur_rounds_meet_rows_past_squared_conditioning(method):
     step meets them and is the minimum-norm step of a float64 numpy
     reference, for SGD's metric and Adam's.
     """
-    rng = np.random.default_rng(4)
-    m, n = 24, 300
-    u_, _ = np.linalg.qr(rng.normal(size=(m, m)))
-    v_, _ = np.linalg.qr(rng.normal(size=(n, m)))
-    x = jnp.asarray((u_ * np.logspace(0, -np.log10(5e3), m)) @ v_.T, jnp.float32)
-    w = jnp.asarray(rng.normal(size=n), jnp.float32)
-    g = jnp.asarray(rng.normal(size=n), jnp.float32)
-    cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731
-    a = np.asarray(x, np.float64)
-    c = a @ np.asarray(w, np.float64) - 1.0
-    u = -1e-3 * np.asarray(g, np.float64)
-    ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+    x, w, g, cfn, a, c, ref = _rows_of_condition_5e3(seed=4)
 
     def run(tx):
         dw, info = step(tx, w, g, x)
