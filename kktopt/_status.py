@@ -141,9 +141,10 @@ _KKT_MESSAGES = {
         "raise KKTSolver(maxiter=..., refine=...), or use method='qr' (dense, per-sample Jacobian) for small m"
     ),
     KKTStatus.INCOMPATIBLE: (
-        "the linearised constraints are contradictory or redundant with c outside the range of A: the step "
-        "is the minimum-norm least-squares one and cannot meet them; remove contradictory or duplicated "
-        "constraints"
+        "the linearised constraints are contradictory or redundant with c outside the range of A (or, in "
+        "float32, numerically so: A in the metric is rank-deficient to working precision): the step is the "
+        "minimum-norm least-squares one and cannot meet them; remove contradictory or duplicated "
+        "constraints, or see the accuracy-limit remedies (float64, a better-conditioned metric)"
     ),
     KKTStatus.MULTIPLIER_BOUND: (
         "the inner solver stopped at its growth bound ||A|| ||x|| / ||b|| >= maxxnorm before the rows were "
@@ -151,8 +152,11 @@ _KKT_MESSAGES = {
     ),
     KKTStatus.ACCURACY_LIMIT: (
         "the linearised constraint rows were not met and refinement stopped making progress: A (in the "
-        "metric) is too ill-conditioned for this dtype and method; use method='qr' or 'lsmr' (conditioning "
-        "cond(A), not cond(A)^2), float64, or loosen KKTSolver(constraint_rtol=...)"
+        "metric) is too ill-conditioned for this dtype and method; the default's correction rounds already "
+        "work at cond(A), not cond(A)^2 (for a method of your choice use 'dense', 'qr' or 'lsmr'); use "
+        "float64, a better-conditioned metric (hard_adam / scale_by_adam_kkt: a larger eps, in the units "
+        "of the gradient, bounds how far Adam's metric stretches parameters the loss leaves untouched), "
+        "more KKTSolver(refine=...) rounds, or a looser KKTSolver(constraint_rtol=...)"
     ),
     KKTStatus.NONFINITE: (
         "NaN or Inf in the constraint values, the Jacobian products or the step: check constraint_fn at the "
