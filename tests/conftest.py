@@ -48,6 +48,9 @@ SLOW_CASES = {
     "tests/test_kkt_numerics.py::test_projected_cg_against_dense_references[dense-float64]",
     "tests/test_kkt_numerics.py::test_projected_cg_against_dense_references[per_sample-float32]",
     "tests/test_kkt_numerics.py::test_schur_methods_meet_rows_or_say_so[lsmr-float64]",
+    "tests/test_kkt_numerics.py::test_schur_methods_meet_rows_or_say_so[cg-float64]",
+    # The LSMR round of the default Krylov method (minres_qlp) stays in the default run.
+    "tests/test_kkt_numerics.py::test_krylov_schur_rounds_meet_rows_past_squared_conditioning[cg]",
     "tests/test_kkt_numerics.py::test_contradictory_constraints_projected_cg[float64]",
     "tests/test_lsmr.py::test_lsmr_damped_matches_scipy[float64]",
     "tests/test_pipeline.py::test_aliases_equal_the_chain_of_building_blocks[float64]",
