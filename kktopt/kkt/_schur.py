@@ -112,9 +112,17 @@ def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -
 
 
 class _DenseFactor(NamedTuple):
-    """What ``"dense"`` hands its correction rounds: A and the eigendecomposition of ``A D^-1 A^T``."""
+    """What ``"dense"`` hands its correction rounds.
 
-    jacobian: jax.Array
+    ``B = A D^-1/2 = rows_scale * rows`` (for a scalar metric ``rows`` is A
+    itself and ``rows_scale`` the root of the metric's scalar, so A is not
+    copied), ``sqrt_dinv`` (``D^-1/2``, scalar or flat), the unravel map of
+    the flat parameters, and the eigendecomposition of ``S = B B^T``.
+    """
+
+    rows: jax.Array
+    rows_scale: jax.Array
+    sqrt_dinv: jax.Array
     unravel: Callable
     pinv: PinvFactor
 
@@ -126,17 +134,12 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step,
     if isinstance(dinv, (int, float)):
         # A scalar metric scales the small matrices, not the (m, N_p) one: no
         # copy of A (1.6 GB for 200 rows of a 1e6-parameter model).
-        scale = jnp.asarray(dinv, dtype)
-        schur = scale * jnp.matmul(a, a.T, precision=_HIGHEST)
-
-        def scaled_rows(lam):  # lam^T A D^-1
-            return scale * jnp.matmul(lam, a, precision=_HIGHEST)
+        sq = jnp.asarray(dinv ** 0.5, dtype)
+        rows, rows_scale = a, sq
     else:
-        ad = a * ravel_pytree(dinv)[0].astype(dtype)
-        schur = jnp.matmul(ad, a.T, precision=_HIGHEST)
-
-        def scaled_rows(lam):
-            return jnp.matmul(lam, ad, precision=_HIGHEST)
+        sq = jnp.sqrt(ravel_pytree(dinv)[0].astype(dtype))
+        rows, rows_scale = a * sq, jnp.ones((), dtype)
+    schur = rows_scale ** 2 * jnp.matmul(rows, rows.T, precision=_HIGHEST)
     u = ravel_pytree(step)[0].astype(dtype)
     r = lin.c + jnp.matmul(a, u, precision=_HIGHEST)
     schur = 0.5 * (schur + schur.T)
@@ -147,7 +150,7 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step,
     # factorisation: in float32 it recovers the digits that the
     # cancellation between c and A u costs when the step is large.
     lam = lam + factor.apply(r - jnp.matmul(schur, lam, precision=_HIGHEST))
-    delta = scaled_rows(lam)
+    delta = sq * rows_scale * jnp.matmul(lam, rows, precision=_HIGHEST)  # D^-1 A^T lam
     # A non-finite entry of A makes its Gram matrix non-finite (its diagonal
     # sums the squares of every entry), so the small matrix is checked, not
     # another pass over A.
@@ -157,7 +160,8 @@ def _dense_from_matrix(cfg: KKTSolver, lin: Linearization, metric: Metric, step,
     delta = jnp.where(finite, delta, 0)
     info = dense_info(schur, r, lam, factor, cfg.tolerance(dtype), istop)
     dw = _tree.tree_lincomb((1.0, step), (-1.0, _tree.cast_like(unravel(delta), step)))
-    return KKTSolution(step=dw, multipliers=lam, info=info, factor=_DenseFactor(a, unravel, factor))
+    return KKTSolution(step=dw, multipliers=lam, info=info,
+                       factor=_DenseFactor(rows, rows_scale, sq, unravel, factor))
 
 
 @register_method("schur", "dense", correction=True)
@@ -169,8 +173,7 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     contract of a correction round, see ``register_method``).
     Another solve through the computed ``S = A D^-1 A^T`` would repeat its
     error once ``cond(A D^-1/2)^2 eps`` nears 1: the eigenvalues of S below
-    about ``eps ||S||`` are rounding. This round forms ``B = A D^-1/2``
-    (the per-sample Jacobian, or m VJPs), the eigendecomposition
+    about ``eps ||S||`` are rounding. This round takes ``B = A D^-1/2``, the eigendecomposition
     ``S = V W V^T`` (W floored at ``4 eps ||S||``) and the preconditioned
     rows ``C = W^-1/2 V^T B``: orthonormal in every direction S resolves,
     so ``C C^T``, computed from C itself, is well conditioned. Then
@@ -179,9 +182,9 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     grows with ``cond(C)^2``, not ``cond(B)^2``; the multipliers are
     ``V W^-1/2 pinv(C C^T) W^-1/2 V^T r``. The same idea as CholeskyQR2
     (a second Gram matrix of the once-orthogonalised rows); two more
-    products with A (``factor``, the first solve's A and eigendecomposition
-    of the same S, saves forming either again). Rounds repeat while the rows fail and
-    each round halves their residual.
+    products with B. ``factor`` is the first solve's: B and the
+    eigendecomposition of S, so a round forms neither again. Rounds repeat
+    while the rows fail and each round halves their residual.
 
     References:
       T. Fukaya, Y. Nakatsukasa, Y. Yanagisawa and Y. Yamamoto,
@@ -189,33 +192,19 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
       computing a tall-skinny QR factorization on a large-scale parallel
       system", ScalA 2014.
     """
-    if metric.inverse_diagonal is None:  # no D^-1/2 to form B with: the plain dense round
+    if factor is None:  # the first solve had no D^-1/2 to form B with: the plain dense round
         return _dense(cfg, lin, metric, step, gradient)
-    step = _unconstrained_step(lin, metric, step, gradient)
-    a, unravel = _dense_jacobian(lin, step) if factor is None else (factor.jacobian, factor.unravel)
-    dtype = a.dtype
-    n = a.shape[1]
-    dinv = metric.inverse_diagonal
+    b, unravel = factor.rows, factor.unravel
+    dtype = b.dtype
     r = lin.c  # the rounds pass a zero step: no product A u to form
-    # B = A D^-1/2; a scalar metric scales the small matrices instead of copying A.
-    if isinstance(dinv, (int, float)):
-        sq, b = jnp.asarray(dinv ** 0.5, dtype), a
-    else:
-        sq = jnp.sqrt(_flat_inverse_diagonal(metric, n, dtype))
-        b = a * sq
-    if factor is None:
-        schur = (sq ** 2 if b is a else 1) * jnp.matmul(b, b.T, precision=_HIGHEST)
-        w, v = jnp.linalg.eigh(0.5 * (schur + schur.T))
-    else:
-        w, v = factor.pinv.eigenvalues, factor.pinv.eigenvectors
+    w = factor.pinv.eigenvalues
+    v = factor.pinv.eigenvectors
     w = jnp.where(jnp.isfinite(w), w, 0)
     v = jnp.where(jnp.isfinite(v), v, 0)
     rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
     floor = jnp.maximum(default_dense_rcond(dtype) * jnp.max(jnp.abs(w), initial=0), jnp.finfo(dtype).tiny)
     pre = jax.lax.rsqrt(jnp.maximum(w, floor))[:, None] * v.T  # W^-1/2 V^T
-    cmat = jnp.matmul(pre, b, precision=_HIGHEST)
-    if b is a:
-        cmat = sq * cmat
+    cmat = factor.rows_scale * jnp.matmul(pre, b, precision=_HIGHEST)
     gram = jnp.matmul(cmat, cmat.T, precision=_HIGHEST)
     gram = 0.5 * (gram + gram.T)
     # A non-finite entry of A makes this Gram matrix non-finite: checked here, not on A.
@@ -226,10 +215,11 @@ def _dense_correction(cfg: KKTSolver, lin: Linearization, metric: Metric, step, 
     factor2 = symmetric_pinv(gram, rcond)
     mu = factor2.apply(rhs)
     mu = mu + factor2.apply(rhs - jnp.matmul(gram, mu, precision=_HIGHEST))
-    delta = sq * jnp.matmul(mu, cmat, precision=_HIGHEST)
+    delta = factor.sqrt_dinv * jnp.matmul(mu, cmat, precision=_HIGHEST)
     istop = jnp.where(finite, 0, Stop.NONFINITE).astype(jnp.int32)
     info = dense_info(gram, rhs, mu, factor2, cfg.tolerance(dtype), istop)
-    dw = _tree.tree_lincomb((1.0, step), (-1.0, unravel(delta)))
+    step = _unconstrained_step(lin, metric, step, gradient)
+    dw = _tree.tree_lincomb((1.0, step), (-1.0, _tree.cast_like(unravel(delta), step)))
     return KKTSolution(step=dw, multipliers=jnp.matmul(pre.T, mu, precision=_HIGHEST), info=info)
 
 
