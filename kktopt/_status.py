@@ -106,15 +106,17 @@ class KKTStatus(enum.IntEnum):
 
     The verdict on the step itself, measured after the solve (and its
     refinement rounds) on the true rows ``r = c + A dw``: success means
-    ``||r|| <= tol ||c||``, ``tol`` the constraint tolerance of the
-    :class:`kktopt.KKTSolver`. The inner solver's :class:`Stop` code only says
+    ``||r|| <= tol ||c||`` (plus the rows' rounding floor, which decides only
+    for ``c`` near rounding level: :func:`kktopt.kkt.row_floor`), ``tol``
+    the constraint tolerance of the :class:`kktopt.KKTSolver`. The inner solver's :class:`Stop` code only says
     why its iteration ended; a failure is classified by it.
     """
 
     SOLVED = 0
-    """``||A dw + c|| <= tol ||c||``: the step meets the linearised constraints."""
+    """``||A dw + c|| <= tol ||c|| + 4 eps (||c|| + ||A u||)``: the step meets the linearised
+    constraints (to ``tol``, or to the rounding floor of its own data when ``c`` is below it)."""
     NO_ACTIVE = 1
-    """No active constraint (``c = 0``): the step is the unconstrained one."""
+    """No active constraint row (inequalities all satisfied, no sample): the step is the unconstrained one."""
     NOT_CONVERGED = 2
     """The inner solver reached its iteration limit before the rows were met."""
     INCOMPATIBLE = 3
@@ -134,7 +136,7 @@ class KKTStatus(enum.IntEnum):
 
 
 _KKT_MESSAGES = {
-    KKTStatus.SOLVED: "the step meets the linearised constraints: ||A dw + c|| <= tol ||c||",
+    KKTStatus.SOLVED: "the step meets the linearised constraints: ||A dw + c|| <= tol ||c|| (+ the rows' rounding floor)",
     KKTStatus.NO_ACTIVE: "no active constraint: the step is the unconstrained one",
     KKTStatus.NOT_CONVERGED: (
         "the inner solver reached its iteration limit before the linearised constraint rows were met: "
@@ -219,8 +221,8 @@ def kkt_status(met, active, finite, istop) -> jax.Array:
     """The :class:`KKTStatus` of a step (jit-able).
 
     Args:
-      met: ``||A dw + c|| <= tol ||c||`` on the true rows.
-      active: ``||c|| > 0``.
+      met: ``||A dw + c|| <= tol ||c||`` (plus the rows' rounding floor) on the true rows.
+      active: some constraint row is active.
       finite: the constraint values, the residual and the step are finite.
       istop: the inner solver's :class:`Stop` code of its last solve.
     """

@@ -17,6 +17,7 @@ from kktopt.kkt._metric import diagonal_metric as diagonal_metric
 from kktopt.kkt._metric import euclidean_metric as euclidean_metric
 from kktopt.kkt._metric import gauss_newton_curvature_scale as gauss_newton_curvature_scale
 from kktopt.kkt._metric import gauss_newton_metric as gauss_newton_metric
+from kktopt.kkt._solver import KKTCache as KKTCache
 from kktopt.kkt._solver import KKTSolution as KKTSolution
 from kktopt.kkt._solver import KKTSolver as KKTSolver
 from kktopt.kkt._solver import KrylovKKT as KrylovKKT
@@ -30,9 +31,11 @@ from kktopt._status import kkt_status_message as kkt_status_message
 from kktopt.kkt._solver import default_rtol as default_rtol
 from kktopt.kkt._solver import methods as methods
 from kktopt.kkt._solver import register_method as register_method
+from kktopt.kkt._solver import row_floor as row_floor
 
 __all__ = [
     "KKT_SUCCESS_CODES",
+    "KKTCache",
     "KKTSolution",
     "KKTStatus",
     "auto_method",
@@ -53,4 +56,5 @@ __all__ = [
     "linearize_constraints",
     "methods",
     "register_method",
+    "row_floor",
 ]

@@ -80,9 +80,10 @@ def _krylov_full(krylov):
             check_symmetry=False,
             check_residual=False,
         )
-        if step is not None:
-            dw = _tree.tree_lincomb((1.0, step), (1.0, dw))
-        return KKTSolution(step=dw, multipliers=lam, info=info)
+        if step is None:
+            return KKTSolution(step=dw, multipliers=lam, info=info)
+        dw = _tree.tree_lincomb((1.0, step), (1.0, dw))
+        return KKTSolution(step=dw, multipliers=lam, info=info, step_rows_norm=jnp.linalg.norm(r - lin.c))
 
     return solve
 

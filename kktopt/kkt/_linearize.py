@@ -201,15 +201,20 @@ def _active_mask(c, inequality, rows):
     return (c > 0).astype(c.dtype) * rows if inequality else rows
 
 
-def _masked(c, mask, shape, full_jvp, full_vjp, rows, full_matrix=None, unravel=None) -> Linearization:
+def _masked(c, mask, shape, full_jvp, full_vjp, rows, full_matrix=None, unravel=None,
+            all_on: bool = False) -> Linearization:
     """The linearisation restricted to the rows ``mask``.
 
     Inactive rows are set to 0 with ``where`` rather than a product, so a
     NaN or Inf in a padding row (a sample of weight 0) cannot leak into the
-    active system.
+    active system. ``all_on`` (static) says that ``mask`` is 1 on every row,
+    so the dense Jacobian needs no masked copy.
     """
     on = mask > 0
-    matrix = None if full_matrix is None else jnp.where(on[:, None], full_matrix, 0)
+    if full_matrix is None or all_on:
+        matrix = full_matrix
+    else:
+        matrix = jnp.where(on[:, None], full_matrix, 0)
     if matrix is None:
 
         def jvp(dw):
@@ -268,4 +273,7 @@ def _linearize_per_sample(constraint_fn, params, batch, inequality, shape, sampl
 
     rows = _sample_rows(c, shape, sample_mask)
     mask = _active_mask(c, inequality, rows)
-    return _masked(c, mask, shape, full_jvp, full_vjp, rows, full, unravel)
+    # Equalities without padding: every row is active by construction, so the
+    # Jacobian is used as it is (no masked m x N_p copy at every step).
+    all_on = not inequality and sample_mask is None
+    return _masked(c, mask, shape, full_jvp, full_vjp, rows, full, unravel, all_on=all_on)

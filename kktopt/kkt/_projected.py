@@ -260,6 +260,7 @@ def _projected_cg(cfg: KKTSolver, lin: Linearization, metric: Metric, step, grad
         acond=rows.acond, xnorm=jnp.linalg.norm(y).astype(dtype),
     )
     dw = sq * y
-    if step is not None:
-        dw = flat(step) + dw
-    return KKTSolution(step=tree(dw), multipliers=lam.astype(dtype), info=info)
+    if step is None:
+        return KKTSolution(step=tree(dw), multipliers=lam.astype(dtype), info=info)
+    return KKTSolution(step=tree(flat(step) + dw), multipliers=lam.astype(dtype), info=info,
+                       step_rows_norm=jnp.linalg.norm(target + lin.c))

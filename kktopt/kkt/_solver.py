@@ -36,7 +36,7 @@ from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt import _tree
 from kktopt.krylov import SolverInfo
-from kktopt._status import KKTStatus, kkt_status
+from kktopt._status import KKTStatus, kkt_status, kkt_success
 
 PyTree = Any
 
@@ -58,6 +58,12 @@ class KKTSolution(NamedTuple):
       refinements: the number of refinement rounds run (int32).
       factor: a method's factorisation, handed to its correction rounds
         (internal: always None in what :meth:`KKTSolver.solve` returns).
+      step_rows_norm: ``||A u||``, the rows of the unconstrained step u
+        (closest-step form), which a method that forms ``c + A u`` reports
+        so that :meth:`KKTSolver.solve` need not apply A to u again (for
+        :func:`row_floor`); None where it did not.
+      cache: the :class:`KKTCache` to keep for the next step (a solver with
+        ``reuse > 0`` given a cache; else None).
     """
 
     step: PyTree
@@ -67,15 +73,37 @@ class KKTSolution(NamedTuple):
     status: jax.Array | None = None
     refinements: jax.Array | None = None
     factor: Any = None
+    step_rows_norm: jax.Array | None = None
+    cache: Any = None
+
+
+class KKTCache(NamedTuple):
+    """The factorisation a :class:`KKTSolver` with ``reuse > 0`` keeps from step to step (optax state).
+
+    Attributes:
+      schur: ``(m, m)`` the Schur complement ``A D^-1 A^T`` it was formed from.
+      pinv: its eigendecomposition (:class:`kktopt.krylov.dense.PinvFactor`).
+      rows: ``(m,)`` int32, which constraint each row was: the pool index of
+        its sample, -1 for an inactive row. A step reuses the factor only
+        for the same rows.
+      age: steps since it was formed (int32); -1 before the first.
+    """
+
+    schur: jax.Array
+    pinv: Any
+    rows: jax.Array
+    age: jax.Array
 
 
 SolveFn = Callable[["KKTSolver", Linearization, Metric, "PyTree | None", "PyTree | None"], KKTSolution]
 
 _METHODS: dict[tuple[str, str], SolveFn] = {}
 _CORRECTIONS: dict[tuple[str, str], SolveFn] = {}
+_LAGGED: dict[tuple[str, str], Callable] = {}
 
 
-def register_method(system: str, method: str, *, correction: bool = False) -> Callable[[SolveFn], SolveFn]:
+def register_method(system: str, method: str, *, correction: bool = False,
+                    lagged: bool = False) -> Callable[[SolveFn], SolveFn]:
     """Register ``fn(solver, lin, metric, step, gradient) -> KKTSolution`` for ``(system, method)``.
 
     ``step`` is the unconstrained step u (closest-step form) or None, in
@@ -84,13 +112,17 @@ def register_method(system: str, method: str, *, correction: bool = False) -> Ca
     the method's correction round (called with a zero step on the rows that
     the first solve left, ``lin.c = c + A dw``, and ``factor=`` the first
     solve's ``KKTSolution.factor`` when it set one); without one, the rounds
-    call the method itself.
+    call the method itself. With ``lagged=True`` ``fn(solver, lin, metric,
+    step, cache) -> (KKTSolution, correction)`` solves with a
+    :class:`KKTCache` from an earlier step (``KKTSolver(reuse=...)``); the
+    method's factor then needs ``schur`` and ``pinv`` attributes.
     """
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}.")
 
     def add(fn: SolveFn) -> SolveFn:
-        (_CORRECTIONS if correction else _METHODS)[(system, method)] = fn
+        table = _LAGGED if lagged else _CORRECTIONS if correction else _METHODS
+        table[(system, method)] = fn
         return fn
 
     return add
@@ -131,6 +163,29 @@ def default_constraint_rtol(dtype) -> float:
     linearisation itself.
     """
     return 1e-3 if jnp.finfo(dtype).eps > 1e-10 else 1e-8
+
+
+ROW_FLOOR_ULPS = 4
+"""How many ulps of the step's data ``||c|| + ||A u||`` the rows may miss by and still be met (`row_floor`)."""
+
+
+def row_floor(cnorm: jax.Array, step_rows_norm: jax.Array | None) -> jax.Array:
+    """The rounding floor of the linearised rows: ``4 eps (||c|| + ||A u||)``.
+
+    The rows ``c + A dw`` of a step are computed from ``c`` and the
+    unconstrained step's rows ``A u`` (closest-step form), each known only to
+    about ``eps`` of its size in the working dtype: rounding the exact step
+    to that dtype already leaves a residual of that order. A residual below
+    this floor is met to the precision of the step's own data, whatever
+    ``||c||`` is; this matters when ``c`` is at or below rounding level (a
+    constraint satisfied to the last bit, ``c = 0``, while the incoming step
+    still has rows ``A u`` to remove), where a tolerance relative to ``||c||``
+    alone could never be met. In gradient form (no u) the floor is
+    ``4 eps ||c||``.
+    """
+    dtype = cnorm.dtype
+    scale = cnorm if step_rows_norm is None else cnorm + step_rows_norm.astype(dtype)
+    return ROW_FLOOR_ULPS * jnp.finfo(dtype).eps * scale
 
 
 # Dense minimum-norm path ("qr") when the Jacobian is small enough to form:
@@ -190,9 +245,13 @@ class KKTSolver(eqx.Module):
     ``system="full"`` (its metric has no cheap inverse).
 
     Every solve ends with a check of the true linearised rows
-    ``r = c + A dw`` (one JVP): while ``||r|| > constraint_rtol ||c||``, up to
-    ``refine`` correction rounds add the minimum-norm (in the metric)
-    correction of ``r``, computed by the same method. The step's
+    ``r = c + A dw`` (one JVP): the rows are met when
+    ``||r|| <= constraint_rtol ||c|| + 4 eps (||c|| + ||A u||)``, the second
+    term the rounding floor of the step's own data (:func:`row_floor`; it
+    decides only when ``||c||`` is near rounding level, e.g. constraints
+    satisfied to the last bit). While they are not, up to ``refine``
+    correction rounds add the minimum-norm (in the metric) correction of
+    ``r``, computed by the same method. The step's
     :class:`~kktopt.krylov.KKTStatus` is a success only when the rows are met.
 
     Methods, accuracy vs cost vs memory (float32, ``kappa = cond(A D^-1/2)``):
@@ -246,14 +305,30 @@ class KKTSolver(eqx.Module):
       precondition: ``system="full"``: the block-diagonal preconditioner
         ``blockdiag(P, s^2 I)`` (P approximates D, s^2 is the Rayleigh
         quotient of the Schur complement along the constraint residual).
-      constraint_rtol: the step succeeds when ``||A dw + c|| <= constraint_rtol ||c||``;
-        default :func:`default_constraint_rtol` (1e-3 in float32, 1e-8 in float64).
+      constraint_rtol: the step succeeds when ``||A dw + c|| <= constraint_rtol ||c||``
+        (plus the rounding floor :func:`row_floor`, which decides only for
+        ``c`` near rounding level); default :func:`default_constraint_rtol`
+        (1e-3 in float32, 1e-8 in float64).
       refine: at most this many correction rounds on the true constraint
         rows (default 3; 0 turns them off).
       maxxnorm: the growth bound ``||A|| ||x|| / ||b||`` of the Krylov
         solvers (stop code 13, reported as ``KKTStatus.MULTIPLIER_BOUND``).
         Default None: no bound, so legitimate multipliers of any size are
         found.
+      reuse: keep the dense Schur factorisation (``method="dense"``) in the
+        optax state and reuse it for up to this many later steps whose
+        active rows are the same constraints (a fixed pool with
+        ``kktopt.active.all_samples()``, a fixed subset): such a step forms
+        neither A nor ``A D^-1 A^T`` but solves with the lagged factor and
+        refines on its true rows (plain iterative refinement, each round one
+        VJP and one JVP); it refactors when the rows change, after
+        ``reuse`` steps, or when the lagged rounds do not meet the rows. The
+        step is the same minimum-norm step to the row tolerance; only the
+        work changes (a lagged preconditioner, as in Newton-Krylov methods).
+        Default 0: factor at every step. Needs ``reuse_rows``. Under
+        ``jax.vmap`` both branches run (the saving is lost, not the result).
+      reuse_rows: the number m of constraint rows of the steps (fixed; the
+        cache's size in the optax state), needed with ``reuse``.
 
     Example:
       >>> import kktopt
@@ -283,6 +358,8 @@ class KKTSolver(eqx.Module):
     constraint_rtol: float | jax.Array | None = None
     refine: int = eqx.field(static=True, default=3)
     maxxnorm: float | None = eqx.field(static=True, default=None)
+    reuse: int = eqx.field(static=True, default=0)
+    reuse_rows: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.system not in SYSTEMS:
@@ -315,6 +392,20 @@ class KKTSolver(eqx.Module):
             raise ValueError(
                 f"KKTSolver.maxxnorm must be None (no bound) or a number > 1, got {self.maxxnorm!r}."
             )
+        if isinstance(self.reuse, bool) or not isinstance(self.reuse, int) or self.reuse < 0:
+            raise ValueError(f"KKTSolver.reuse must be a non-negative integer, got {self.reuse!r}.")
+        if self.reuse:
+            if self.system != "schur" or self.method not in ("auto", "dense"):
+                raise ValueError(
+                    "KKTSolver(reuse=...) keeps the dense Schur factorisation: use "
+                    f"KKTSolver(system='schur', method='dense', reuse=...), not system={self.system!r}, "
+                    f"method={self.method!r}."
+                )
+            if isinstance(self.reuse_rows, bool) or not isinstance(self.reuse_rows, int) or self.reuse_rows < 1:
+                raise ValueError(
+                    "KKTSolver(reuse=...) needs reuse_rows=m, the fixed number of constraint rows of the "
+                    f"steps (the size of the factor kept in the optax state), got {self.reuse_rows!r}."
+                )
 
     def tolerance(self, dtype) -> jax.Array:
         """``rtol``, or :func:`default_rtol` of ``dtype``, as an array of that dtype."""
@@ -332,6 +423,17 @@ class KKTSolver(eqx.Module):
     def iteration_limit(self, m: int) -> int:
         """``maxiter``, or :func:`default_maxiter` of the m constraint rows."""
         return default_maxiter(m) if self.maxiter is None else self.maxiter
+
+    def init_cache(self, dtype) -> KKTCache | tuple:
+        """The empty :class:`KKTCache` of a solver with ``reuse > 0`` (``()`` otherwise)."""
+        if not self.reuse:
+            return ()
+        from kktopt.krylov.dense import PinvFactor
+
+        m = self.reuse_rows
+        vec, mat, scalar = jnp.zeros((m,), dtype), jnp.zeros((m, m), dtype), jnp.zeros((), dtype)
+        return KKTCache(schur=mat, pinv=PinvFactor(vec, mat, vec, scalar, scalar, scalar),
+                        rows=jnp.full((m,), -1, jnp.int32), age=jnp.full((), -1, jnp.int32))
 
     def resolve(self, lin: Linearization, metric: Metric) -> str:
         """The method this solver runs for ``lin`` and ``metric`` (``"auto"`` resolved)."""
@@ -353,33 +455,92 @@ class KKTSolver(eqx.Module):
         *,
         step: PyTree | None = None,
         gradient: PyTree | None = None,
+        cache: KKTCache | None = None,
+        row_ids: jax.Array | None = None,
     ) -> KKTSolution:
         """Solve (*) for the linearisation ``lin`` in the metric ``metric``, refine, and judge the step.
 
         Give ``step`` (the unconstrained step u, closest-step form) or
         ``gradient`` (h). The returned :class:`KKTSolution` carries the true
         relative residual of the constraint rows and the step's
-        :class:`~kktopt.krylov.KKTStatus`.
+        :class:`~kktopt.krylov.KKTStatus`. With ``reuse > 0``, ``cache`` is
+        the :class:`KKTCache` of the previous step (from :meth:`init_cache`
+        at first) and ``row_ids`` the ``(m,)`` pool index of each row's
+        sample; ``KKTSolution.cache`` is the one to keep.
         """
         if (step is None) == (gradient is None):
             raise ValueError("KKTSolver.solve needs exactly one of step= (closest-step form) or gradient=.")
         key = (self.system, self.resolve(lin, metric))
-        fn = _METHODS[key]
-        sol = fn(self, lin, metric, step, gradient)
-        correct = _CORRECTIONS.get(key)
-        if correct is None:
-            correct = fn
-        elif sol.factor is not None:  # the rounds reuse the first solve's factorisation
-            correct = functools.partial(correct, factor=sol.factor)
-        # A method's own round tries even when its first solve read the rows
-        # as incompatible: in float32 that can be its rounding, not the rows.
-        return _refine_and_judge(self, correct, lin, metric, sol._replace(factor=None),
-                                 retry_incompatible=key in _CORRECTIONS)
+        if self.reuse and isinstance(cache, KKTCache):
+            return _solve_reusing(self, key, lin, metric, step, cache, row_ids)
+        sol, _ = _solve_fresh(self, key, lin, metric, step, gradient)
+        return sol
 
 
-def _relative(rnorm, cnorm):
+def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient):
+    """The method's solve, its correction rounds and the verdict: ``(solution, the method's factor)``."""
+    fn = _METHODS[key]
+    sol = fn(cfg, lin, metric, step, gradient)
+    if step is not None and sol.step_rows_norm is None:
+        sol = sol._replace(step_rows_norm=jnp.linalg.norm(lin.jvp(step)))
+    correct = _CORRECTIONS.get(key)
+    if correct is None:
+        correct = fn
+    elif sol.factor is not None:  # the rounds reuse the first solve's factorisation
+        correct = functools.partial(correct, factor=sol.factor)
+    # A method's own round tries even when its first solve read the rows
+    # as incompatible: in float32 that can be its rounding, not the rows.
+    out = _refine_and_judge(cfg, correct, lin, metric, sol._replace(factor=None),
+                            retry_incompatible=key in _CORRECTIONS)
+    return out, sol.factor
+
+
+def _solve_reusing(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, cache: KKTCache, row_ids):
+    """``reuse``: the lagged factor while the rows are the same and it meets them, else a fresh one."""
+    if key not in _LAGGED or metric.inverse_diagonal is None or step is None:
+        raise ValueError(
+            "KKTSolver(reuse=...) reuses the dense Schur factorisation: it needs method='dense' (or 'auto' "
+            "resolving to it), a diagonal metric and the closest-step form (project_kkt, "
+            f"scale_by_adam_kkt, hard_sgd, hard_adam); this step resolved to method={key[1]!r}"
+            f"{'' if metric.inverse_diagonal is not None else ' with a non-diagonal metric'}."
+        )
+    m = lin.c.shape[0]
+    if m != cfg.reuse_rows:
+        raise ValueError(
+            f"KKTSolver(reuse_rows={cfg.reuse_rows}) but this step has {m} constraint rows: reuse needs a "
+            "fixed number of rows; set reuse_rows to it."
+        )
+    if row_ids is None:
+        row_ids = jnp.arange(m, dtype=jnp.int32)
+    rows = jnp.where(lin.mask > 0, jnp.asarray(row_ids, jnp.int32), -1)
+    fresh_ok = (cache.age >= 0) & (cache.age < cfg.reuse) & jnp.all(cache.rows == rows)
+
+    def fresh():
+        sol, factor = _solve_fresh(cfg, key, lin, metric, step, None)
+        new = KKTCache(schur=factor.schur, pinv=factor.pinv, rows=rows, age=jnp.zeros((), jnp.int32))
+        return sol, jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), new, cache)
+
+    def lagged():
+        first, correct = _LAGGED[key](cfg, lin, metric, step, cache)
+        return _refine_and_judge(cfg, correct, lin, metric, first, retry_incompatible=True)
+
+    shape = jax.eval_shape(lagged)
+    lag = jax.lax.cond(fresh_ok, lagged,
+                       lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
+    use = fresh_ok & kkt_success(lag.status)
+    aged = cache._replace(age=cache.age + 1)
+    sol, new_cache = jax.lax.cond(use, lambda: (lag, aged), fresh)
+    return sol._replace(cache=new_cache)
+
+
+def _relative(rnorm, ref):
     # NaN stays NaN (a NaN in c must not read as a perfect step).
-    return jnp.where(cnorm == 0, jnp.zeros_like(rnorm), rnorm / jnp.where(cnorm == 0, 1, cnorm))
+    return jnp.where(ref == 0, jnp.zeros_like(rnorm), rnorm / jnp.where(ref == 0, 1, ref))
+
+
+def row_target(cfg: "KKTSolver", cnorm: jax.Array, step_rows_norm: jax.Array | None) -> jax.Array:
+    """What the rows must reach: ``||c + A dw|| <= constraint_rtol ||c|| + row_floor``."""
+    return cfg.constraint_tolerance(cnorm.dtype) * cnorm + row_floor(cnorm, step_rows_norm)
 
 
 def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: Metric, sol: KKTSolution,
@@ -393,7 +554,7 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
     c = lin.c
     dtype = c.dtype
     cnorm = jnp.linalg.norm(c)
-    tol = cfg.constraint_tolerance(dtype)
+    target = row_target(cfg, cnorm, sol.step_rows_norm)
     r = c + lin.jvp(sol.step)
     rnorm = jnp.linalg.norm(r)
 
@@ -405,12 +566,12 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
 
         def cond(carry):
             k, _, _, _, rn, _, istop, progress = carry
-            return (k < cfg.refine) & (rn > tol * cnorm) & jnp.isfinite(rn) & progress & ~incompatible(istop)
+            return (k < cfg.refine) & (rn > target) & jnp.isfinite(rn) & progress & ~incompatible(istop)
 
         def body(carry):
             k, dw, lam, r, rn, its, _, _ = carry
-            # The correction's own row target, relative to ||r||: tol ||c|| / ||r||.
-            sub = eqx.tree_at(lambda s: s.constraint_rtol, cfg, tol * cnorm / jnp.where(rn > 0, rn, 1),
+            # The correction's own row target, relative to ||r||: target / ||r||.
+            sub = eqx.tree_at(lambda s: s.constraint_rtol, cfg, target / jnp.where(rn > 0, rn, 1),
                               is_leaf=lambda x: x is None)
             corr = fn(sub, lin._replace(c=r), metric, zeros, None)
             dw_new = _tree.tree_lincomb((1.0, dw), (1.0, corr.step))
@@ -435,9 +596,13 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
         rounds = k
     else:
         rounds = jnp.zeros((), jnp.int32)
-    residual = _relative(rnorm, cnorm).astype(dtype)
+    # Relative to ||c||, or to the rounding floor when ||c|| lies below it
+    # (c = 0 on active rows: the rows A u of the step must still go).
+    residual = _relative(rnorm, jnp.maximum(cnorm, row_floor(cnorm, sol.step_rows_norm))).astype(dtype)
     finite = jnp.isfinite(cnorm) & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(sol.multipliers))
-    status = kkt_status(rnorm <= tol * cnorm, cnorm > 0, finite, sol.info.istop)
+    # Active rows, not ||c|| > 0: equalities met to the last bit still shape the step.
+    active = jnp.any(lin.mask > 0)
+    status = kkt_status(rnorm <= target, active, finite, sol.info.istop)
     return sol._replace(residual=residual, status=status, refinements=rounds)
 
 

@@ -27,6 +27,8 @@ class ScaleByAdamKKTState(NamedTuple):
       memory: the multiplier memory's state (empty without one).
       adam: the state of the unconstrained ``optax.adam`` it wraps (moments
         and step count).
+      kkt_cache: the solver's :class:`~kktopt.kkt.KKTCache` with
+        ``KKTSolver(reuse=...)`` (else ``()``).
     """
 
     count: jax.Array
@@ -34,6 +36,7 @@ class ScaleByAdamKKTState(NamedTuple):
     active: PyTree
     memory: PyTree
     adam: PyTree
+    kkt_cache: PyTree = ()
 
 
 def scale_by_adam_kkt(

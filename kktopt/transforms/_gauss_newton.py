@@ -27,6 +27,8 @@ class GaussNewtonKKTState(NamedTuple):
       active: the selector's state (with the pool indices it chose).
       memory: the multiplier memory's state (empty without one).
       loss: ``1/2 ||r||^2`` at the parameters of the last step.
+      kkt_cache: the solver's :class:`~kktopt.kkt.KKTCache` with
+        ``KKTSolver(reuse=...)`` (else ``()``).
     """
 
     count: jax.Array
@@ -34,6 +36,7 @@ class GaussNewtonKKTState(NamedTuple):
     active: PyTree
     memory: PyTree
     loss: jax.Array
+    kkt_cache: PyTree = ()
 
 
 def _linearize_residuals(residual_fn, params, residual_batch):

@@ -24,13 +24,18 @@ class KKTInfo(NamedTuple):
       violation_norm: ``||c||`` over the active constraints, before the step.
       violation_max: ``max |c|`` over the active constraints, before the step.
       linearized_residual: ``||A dw + c|| / ||c||`` after the solve, how well
-        the step meets the linearised constraints (0 when none is active;
-        -1 when the transform was built with ``check_constraints=False``;
-        NaN when the constraint values or the step are not finite).
+        the step meets the linearised constraints (relative to the rows'
+        rounding floor ``4 eps (||c|| + ||A u||)`` instead when ``||c||`` is
+        below it, e.g. active equalities met to the last bit, ``c = 0``; 0
+        when none is active; -1 when the transform was built with
+        ``check_constraints=False``; NaN when the constraint values or the
+        step are not finite).
       status: the :class:`~kktopt.krylov.KKTStatus` of the step (int32): a
         success (0 ``SOLVED``, 1 ``NO_ACTIVE``) only when
-        ``||A dw + c|| <= constraint_rtol ||c||``; otherwise a failure code,
-        explained by :func:`kktopt.kkt_status_message`.
+        ``||A dw + c|| <= constraint_rtol ||c|| + 4 eps (||c|| + ||A u||)``
+        (see :func:`kktopt.kkt.row_floor`); otherwise a failure code,
+        explained by :func:`kktopt.kkt_status_message`. ``NO_ACTIVE`` means
+        no row is active (all inequalities satisfied, or no sample).
       refinements: correction rounds run on the constraint rows (int32).
     """
 

@@ -314,8 +314,21 @@ def _require(owner: str, params, constraint_batch, usage: str) -> None:
         )
 
 
-def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Problem, active_state, memory_state):
-    """Steps 2-6 of the pipeline. Returns ``(dw, multipliers, info, active_state, memory_state)``."""
+def _row_ids(selector: Selector, active_state, m: int) -> jax.Array:
+    """``(m,)`` int32: which constraint of the pool each row is (for ``KKTSolver(reuse=...)``)."""
+    indices = selector.indices(active_state)
+    if indices is None:  # the whole pool, in order
+        return jnp.arange(m, dtype=jnp.int32)
+    per = m // indices.shape[0]
+    return (indices.astype(jnp.int32)[:, None] * per + jnp.arange(per, dtype=jnp.int32)).reshape(-1)
+
+
+def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Problem, active_state, memory_state,
+              kkt_cache=()):
+    """Steps 2-6 of the pipeline.
+
+    Returns ``(dw, multipliers, info, active_state, memory_state, kkt_cache)``.
+    """
     selector, memory = options.selector, options.memory
     if problem.finish is None:
         step, gradient = _with_pull(
@@ -337,7 +350,10 @@ def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Proble
             memory, constraint_fn, params, memory_state, pool, problem.metric, problem.step, problem.gradient
         )
     target = _scaled(lin, options.alpha)  # A dw = -alpha c (feedback gain; Eq. 5 when alpha = 1)
-    sol = options.solver.solve(target, problem.metric, step=step, gradient=gradient)
+    reuse = {}
+    if options.solver.reuse:
+        reuse = dict(cache=kkt_cache, row_ids=_row_ids(selector, active_state, lin.c.shape[0]))
+    sol = options.solver.solve(target, problem.metric, step=step, gradient=gradient, **reuse)
     settled = None
     rounds = options.inequality_rounds
     if options.inequality and not (isinstance(rounds, int) and rounds == 1):
@@ -361,7 +377,9 @@ def hard_step(constraint_fn, params, pool, options: HardOptions, problem: Proble
             memory_state, indices, sol.multipliers.reshape(lin.shape), selector.sample_mask(active_state)
         )
         memory_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), memory_state, memory_before)
-    return sol.step, sol.multipliers, info, active_state, memory_state
+    if sol.cache is not None:  # a step on non-finite inputs keeps the old factor
+        kkt_cache = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), sol.cache, kkt_cache)
+    return sol.step, sol.multipliers, info, active_state, memory_state, kkt_cache
 
 
 def hard_transform(
@@ -380,8 +398,9 @@ def hard_transform(
       owner: the public name, for messages.
       constraint_fn: ``(params, constraint_batch) -> Array``.
       options: from :func:`hard_options`.
-      state_type: a NamedTuple with fields ``count, info, active, memory``
-        and the transform's own fields.
+      state_type: a NamedTuple with fields ``count, info, active, memory``,
+        the transform's own fields and ``kkt_cache`` (the solver's
+        :class:`~kktopt.kkt.KKTCache` with ``reuse > 0``, else ``()``).
       problem: ``(updates, state, params, extra_args) -> Problem``.
       init_extras: ``params -> dict`` of the transform's own initial fields.
       usage: extra keyword arguments of ``update``, for messages.
@@ -403,6 +422,7 @@ def hard_transform(
             active=options.selector.init(params),
             memory=_init_memory(options.memory, constraint_fn, params),
             **init_extras(params),
+            kkt_cache=options.solver.init_cache(_tree.params_dtype(params)),
         )
 
     def update_fn(updates, state, params=None, *, constraint_batch=MISSING, **extra_args):
@@ -419,8 +439,8 @@ def hard_transform(
                 return prob
 
             prob = prob._replace(finish=record)
-        dw, _, info, active_state, memory_state = hard_step(
-            constraint_fn, params, constraint_batch, options, prob, state.active, state.memory
+        dw, _, info, active_state, memory_state, kkt_cache = hard_step(
+            constraint_fn, params, constraint_batch, options, prob, state.active, state.memory, state.kkt_cache
         )
         new_state = state_type(
             count=optax.safe_increment(state.count),
@@ -428,6 +448,7 @@ def hard_transform(
             active=active_state,
             memory=memory_state,
             **prob.extras,
+            kkt_cache=kkt_cache,
         )
         if prob.step is not None:
             dw = _tree.cast_like(dw, updates)

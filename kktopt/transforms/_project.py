@@ -25,12 +25,15 @@ class ProjectKKTState(NamedTuple):
       info: :class:`KKTInfo` of the last step.
       active: the selector's state (with the pool indices it chose).
       memory: the multiplier memory's state (empty without one).
+      kkt_cache: the solver's :class:`~kktopt.kkt.KKTCache` with
+        ``KKTSolver(reuse=...)`` (else ``()``).
     """
 
     count: jax.Array
     info: KKTInfo
     active: PyTree
     memory: PyTree = ()
+    kkt_cache: PyTree = ()
 
 
 def project_kkt(
@@ -80,13 +83,16 @@ def project_kkt(
         values (every entry one constraint ``C_jk``; equality means 0). With
         a selector, its output must have the sample axis first.
       solver: a :class:`kktopt.KKTSolver`; default ``KKTSolver()``
-        (``method="auto"``: the dense minimum-norm correction ``"qr"`` for
-        ``m <= 256`` rows and at most 32M Jacobian entries, else MINRES-QLP
-        on the m x m Schur complement with refinement on the constraint rows;
-        see :func:`kktopt.kkt.auto_method` and ``benchmarks/kkt_accuracy.py``). ``KKTSolver(system="full")`` is the
+        (``method="auto"``: the dense Schur complement ``"dense"`` with
+        correction rounds on the true rows for ``m <= 256`` rows and at most
+        32M Jacobian entries, else MINRES-QLP on the m x m Schur complement
+        with LSMR rounds; see :func:`kktopt.kkt.auto_method` and
+        ``benchmarks/kkt_accuracy.py``). ``KKTSolver(system="full")`` is the
         paper's Algorithm 1; ``KKTSolver(method="dense",
-        jacobian="per_sample")`` the exact dense Schur solve, cheap when m
-        is small and the constraints are separable over samples.
+        jacobian="per_sample")`` forms the Jacobian per sample, cheap when
+        the constraints are separable over samples; ``KKTSolver(reuse=k,
+        reuse_rows=m)`` keeps the factorisation across steps whose rows are
+        the same (a fixed constraint set).
       active: which samples of the pool ``constraint_batch`` are active at a
         step: ``kktopt.active.random_samples(k)``,
         ``kktopt.active.mined_samples(k)`` (Eq. 9),

@@ -37,6 +37,8 @@ class SQPMomentumState(NamedTuple):
         gradients (``optax.sgd`` with momentum, or Adam's moments).
       projection: the :class:`~kktopt.krylov.SolverInfo` of the null-space
         projection of the gradient (the first of the two solves of a step).
+      kkt_cache: the solver's :class:`~kktopt.kkt.KKTCache` with
+        ``KKTSolver(reuse=...)`` (else ``()``).
     """
 
     count: jax.Array
@@ -45,6 +47,7 @@ class SQPMomentumState(NamedTuple):
     memory: PyTree
     inner: PyTree
     projection: SolverInfo
+    kkt_cache: PyTree = ()
 
 
 def _sqp_transform(owner, constraint_fn, options, inner, metric_of):
