@@ -29,15 +29,19 @@ from kktopt.active import take_samples  # noqa: E402
 import hypersphere as hs  # noqa: E402
 from hypersphere.methods import chunk_fn, fns, step_key  # noqa: E402
 
-# (label, experiment method, solver override (system, method, jacobian) or None for the run's choice)
+# (label, experiment method, solver override (system, method, jacobian, reuse) or None for the run's choice)
 CANDIDATES = [
     ("soft", "soft", None),
     ("hard", "hard", None),
-    ("hard (schur/minres_qlp/matrix_free)", "hard", ("schur", "minres_qlp", "matrix_free")),
+    ("hard (schur/minres_qlp/matrix_free)", "hard", ("schur", "minres_qlp", "matrix_free", 0)),
     ("hard-fixed", "hard-fixed", None),
+    ("hard-fixed (schur/dense/per_sample, no reuse)", "hard-fixed", ("schur", "dense", "per_sample", 0)),
     ("hard-all", "hard-all", None),
-    ("hard-all (schur/dense/per_sample)", "hard-all", ("schur", "dense", "per_sample")),
-    ("hard-all (full/minres_qlp/matrix_free)", "hard-all", ("full", "minres_qlp", "matrix_free")),
+    ("hard-all (schur/dense/per_sample, no reuse)", "hard-all", ("schur", "dense", "per_sample", 0)),
+    ("hard-all (schur/dense/matrix_free, no reuse)", "hard-all", ("schur", "dense", "matrix_free", 0)),
+    ("hard-all (schur/dense/matrix_free, reuse 50)", "hard-all", ("schur", "dense", "matrix_free", 50)),
+    ("hard-fixed (schur/dense/matrix_free, reuse 50)", "hard-fixed", ("schur", "dense", "matrix_free", 50)),
+    ("hard-all (full/minres_qlp/matrix_free)", "hard-all", ("full", "minres_qlp", "matrix_free", 0)),
     ("hard-memory", "hard-memory", None),
 ]
 
@@ -59,7 +63,7 @@ def main(argv=None) -> None:
         runs = {}
         for label, method, override in todo:
             cfg = base if override is None else dataclasses.replace(
-                base, system=override[0], method=override[1], jacobian=override[2])
+                base, system=override[0], method=override[1], jacobian=override[2], reuse=override[3])
             key = step_key(cfg)
             init, _ = fns(key, method)
             args = (x0, centres, fixed_batch if method == "hard-fixed" else None, fixed)

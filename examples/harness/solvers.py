@@ -50,7 +50,11 @@ class SolverChoice(NamedTuple):
       maxiter: iteration limit of the iterative methods (None: kktopt's
         default, ``4 m + 20``).
       rcond: relative eigenvalue cutoff of ``dense`` (None: kktopt's
-        default, ``m * eps``).
+        default, ``4 eps``).
+      reuse: ``dense`` only: keep the factorisation for up to this many
+        later steps with the same rows (``kktopt.KKTSolver(reuse=...)``);
+        0 factors at every step.
+      reuse_rows: the fixed number of constraint rows, with ``reuse``.
     """
 
     system: str
@@ -59,16 +63,20 @@ class SolverChoice(NamedTuple):
     rtol: float | None = None
     maxiter: int | None = None
     rcond: float | None = None
+    reuse: int = 0
+    reuse_rows: int | None = None
 
     def build(self) -> kktopt.KKTSolver:
         """The ``solver=`` of the hard transforms: one `kktopt.KKTSolver` with all three names."""
         kwargs = {"rcond": self.rcond} if self.method == "dense" else {}
+        if self.reuse:
+            kwargs.update(reuse=self.reuse, reuse_rows=self.reuse_rows)
         return kktopt.KKTSolver(system=self.system, method=self.method, jacobian=self.jacobian,
                                 rtol=self.rtol, maxiter=self.maxiter, **kwargs)
 
     def label(self) -> str:
-        """``schur/dense/per_sample``: the three names, for tables and file names."""
-        return f"{self.system}/{self.method}/{self.jacobian}"
+        """``schur/dense/per_sample`` (``+reuse50`` with reuse): the names, for tables and file names."""
+        return f"{self.system}/{self.method}/{self.jacobian}" + (f"+reuse{self.reuse}" if self.reuse else "")
 
 
 def legacy_system(value: str, *, where: str = "solver") -> str:
@@ -111,7 +119,7 @@ def solver_choice(system: str = "schur", method: str | None = None, jacobian: st
 
     Example:
       >>> solver_choice("full")
-      SolverChoice(system='full', method='minres_qlp', jacobian='matrix_free', rtol=None, maxiter=None, rcond=None)
+      SolverChoice(system='full', method='minres_qlp', jacobian='matrix_free', rtol=None, maxiter=None, rcond=None, reuse=0, reuse_rows=None)
       >>> solver_choice("full", "dense")
       Traceback (most recent call last):
       ...

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="relative tolerance of the iterative methods (default: 1e-4 in float32, 1e-8 in float64)")
     p.add_argument("--memory", type=int, default=d.memory,
                    help="samples remembered by hard-memory's multiplier memory (default %(default)s)")
+    p.add_argument("--reuse", type=int, default=d.reuse,
+                   help="steps hard-fixed and hard-all keep their dense Schur factorisation "
+                        "(kktopt.KKTSolver(reuse=...); 0: factor every step; default %(default)s)")
     p.add_argument("--alpha", type=float, default=d.alpha,
                    help="feedback gain of hard-alpha, A dw = -alpha c (default %(default)s)")
     p.add_argument("--momentum", type=float, default=d.momentum,
@@ -96,7 +99,7 @@ def main(argv=None) -> None:
             dim=a.dim, constraints=a.constraints, active=a.active, iters=a.iters, lam=a.lam, seed=a.seed,
             radius=a.radius, centre_spread=a.centre_spread, start_distance=a.start_distance,
             soft_lr=a.soft_lr, hard_lr=a.hard_lr, system=a.system, method=a.method, jacobian=a.jacobian,
-            rtol=a.rtol, dtype=a.dtype, memory=a.memory, alpha=a.alpha, momentum=a.momentum,
+            rtol=a.rtol, dtype=a.dtype, memory=a.memory, reuse=a.reuse, alpha=a.alpha, momentum=a.momentum,
             penalty=a.penalty,
         )
     except ValueError as err:

@@ -22,16 +22,20 @@ step = penalty) before ``optax.sgd`` on the same random sets."""
 ALL_METHODS: tuple[str, ...] = METHODS + EXTRA_METHODS
 """Every method, in the order they are run and plotted."""
 
-AUTO_SOLVERS: dict[tuple[str, str], tuple[str, str]] = {}
+AUTO_SOLVERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("schur", "hard-fixed"): ("dense", "matrix_free"),
+    ("schur", "hard-all"): ("dense", "matrix_free"),
+}
 """Per-method solver choices (``(system, method) -> (solver method, jacobian)``)
 used when the configuration names no solver method or Jacobian; the others
 take their system's default (``dense``/``per_sample`` for ``schur``).
-Empty: ``benchmarks/hypersphere_steps.py`` measured the dense Schur solve
-fastest or as fast for every method at the defaults. For ``hard-all`` (all
-200 nearly parallel rows) it costs m^2 d = 4e10 flops per step, 22x a soft
-step; matrix-free MINRES-QLP costs 2 passes over the centres per iteration,
-19x soft at 13 iterations but 33x once the constraints are met to rounding
-and it needs about 30 (see RESULTS.md, "Hypersphere timing")."""
+``hard-fixed`` and ``hard-all`` project onto the same rows at every step and
+keep their dense factorisation for ``reuse`` steps (``KKTSolver(reuse=...)``):
+a step with the kept factor needs no Jacobian, so the matrix-free one (formed
+only when the solver refactors) is cheaper than a per-sample Jacobian formed
+at every step: ``hard-all`` 0.49 against 0.62 s per step, ``hard-fixed`` 0.093
+against 0.114 (``benchmarks/hypersphere_steps.py``, RESULTS.md, "Hypersphere
+timing")."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +90,11 @@ class HypersphereConfig:
         ``A A^T`` has a condition number of about 2e6).
       memory: number of remembered samples of ``hard-memory``'s
         :func:`kktopt.memory.multiplier_memory` (default all m).
+      reuse: ``hard-fixed`` and ``hard-all`` project onto the same rows at
+        every step: with the dense Schur solve they keep its factorisation
+        for up to ``reuse`` steps (``kktopt.KKTSolver(reuse=...)``: a step
+        solves with the lagged factor and refines on its true rows, and
+        refactors when the rounds miss them). 0 factors at every step.
       alpha: the feedback gain of ``hard-alpha`` (``A dw = -alpha c``).
       momentum: the heavy-ball coefficient of ``sqp-momentum``.
       penalty: the augmented-Lagrangian penalty rho of ``auglag`` (also its
@@ -115,6 +124,7 @@ class HypersphereConfig:
     rtol: float | None = None
     dtype: Literal["float64", "float32"] = "float64"
     memory: int = 200
+    reuse: int = 100
     alpha: float = 0.5
     momentum: float = 0.9
     penalty: float | None = None
@@ -146,6 +156,8 @@ class HypersphereConfig:
             raise ValueError(f"hard_lr must be positive, got {self.hard_lr!r}.")
         if not isinstance(self.memory, int) or self.memory < 0:
             raise ValueError(f"memory must be an integer >= 0, got {self.memory!r}.")
+        if isinstance(self.reuse, bool) or not isinstance(self.reuse, int) or self.reuse < 0:
+            raise ValueError(f"reuse must be an integer >= 0, got {self.reuse!r}.")
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}.")
         if not 0 <= self.momentum < 1:
@@ -167,8 +179,14 @@ class HypersphereConfig:
         if method is not None and meth is None and jac is None:
             meth, jac = AUTO_SOLVERS.get((self.system, method), (None, None))
         choice = solver_choice(self.system, meth, jac, rtol=self.rtol)
-        # rtol is the iterative methods' (the dense solve is exact).
-        return choice._replace(rtol=None) if choice.method == "dense" else choice
+        if choice.method != "dense":
+            return choice
+        # rtol is the iterative methods' (the dense solve is exact); the
+        # methods with the same rows at every step keep their factor.
+        rows = {"hard-fixed": self.active, "hard-all": self.constraints}.get(method)
+        if rows is not None and self.reuse:
+            choice = choice._replace(reuse=self.reuse, reuse_rows=rows)
+        return choice._replace(rtol=None)
 
     def solvers(self) -> dict[str, str]:
         """``{hard method: "system/method/jacobian"}``: the solver each hard method uses."""

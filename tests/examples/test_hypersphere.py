@@ -313,7 +313,8 @@ def test_default_solvers_per_method():
     """With no solver method named, every hard method takes the measured choice (dense Schur here)."""
     cfg = hs.HypersphereConfig()
     expected = {name: "schur/dense/per_sample" for name in HARD}
-    expected.update({m: "/".join(("schur",) + hs_config.AUTO_SOLVERS[("schur", m)])
+    # hard-fixed and hard-all (the same rows at every step) also keep their factor.
+    expected.update({m: "/".join(("schur",) + hs_config.AUTO_SOLVERS[("schur", m)]) + f"+reuse{cfg.reuse}"
                      for (system, m) in hs_config.AUTO_SOLVERS if system == "schur"})
     assert cfg.solvers() == expected
     named = hs.HypersphereConfig(method="minres_qlp", jacobian="matrix_free")
