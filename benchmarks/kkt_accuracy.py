@@ -59,6 +59,7 @@ SOLVERS = {
 }
 GN_SOLVERS = {
     "default": None,
+    "default per-sample": kktopt.KKTSolver(system="full", jacobian="per_sample"),
     "full minres_qlp": kktopt.KKTSolver(system="full", method="minres_qlp"),
 }
 

@@ -200,6 +200,40 @@ def test_gauss_newton_default_matches_dense_eq6(dtype, eta):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_gauss_newton_per_sample_past_256_rows(dtype):
+    """``jacobian="per_sample"`` forms A anyway: projected CG (Gram-matrix rows) beyond 256 rows.
+
+    300 linear constraints on 400 parameters (one per sample), a linear
+    least-squares residual; the step against the dense Eq. 6 solve (float64
+    numpy) and the rows met, where the matrix-free default would take
+    MINRES-QLP on the full system.
+    """
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(7)
+        m, n, n_r = 300, 400, 50
+        x = jnp.asarray(rng.normal(size=(m, n)) / np.sqrt(n), dtype)
+        jr = jnp.asarray(rng.normal(size=(n_r, n)) / np.sqrt(n), dtype)
+        y = jnp.asarray(rng.normal(size=n_r), dtype)
+        w = jnp.asarray(rng.normal(size=n), dtype)
+        cfn = lambda p, xb: xb @ p - 1.0  # noqa: E731
+        residuals = lambda p, _: jr @ p - y  # noqa: E731
+        solver = kktopt.KKTSolver(system="full", jacobian="per_sample")
+        lin = kktopt.kkt.linearize_constraints(cfn, w, x, jacobian="per_sample")
+        assert solver.resolve(lin, kktopt.kkt.euclidean_metric()) == "projected_cg"
+        tx = kktopt.gauss_newton_kkt(residuals, cfn, damping=0.1, solver=solver)
+        dw, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, residual_batch=None, constraint_batch=x))(w)
+        info = kktopt.get_kkt_info(state)
+        a, j64, w64 = np.asarray(x, np.float64), np.asarray(jr, np.float64), np.asarray(w, np.float64)
+        c, rv = a @ w64 - 1.0, j64 @ w64 - np.asarray(y, np.float64)
+        kkt = np.block([[j64.T @ j64 + 0.1 * np.eye(n), a.T], [a, np.zeros((m, m))]])
+        ref = np.linalg.solve(kkt, np.concatenate([-j64.T @ rv, -c]))[:n]
+        err = np.linalg.norm(np.asarray(dw, np.float64) - ref) / np.linalg.norm(ref)
+        assert err <= (1e-3 if dtype == jnp.float32 else 1e-8), (err, info.describe())
+        assert np.linalg.norm(c + a @ np.asarray(dw, np.float64)) / np.linalg.norm(c) <= TARGET[dtype]
+        assert int(info.status) == KKTStatus.SOLVED, info.describe()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", ["dense", "per_sample", pytest.param("lsmr", marks=pytest.mark.slow)])
 def test_projected_cg_against_dense_references(dtype, path, monkeypatch):
     """Closest-step form (SGD, Adam metric) and gradient form (Eq. 6, vmapped over eta), jit."""

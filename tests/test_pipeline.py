@@ -95,7 +95,9 @@ def test_auto_method_by_size_and_jacobian_mode():
     assert auto("schur", 768, 10**6, True, formed=True) == "minres_qlp"  # its copies would not fit
     assert auto("schur", 96, 144_411, False, formed=True) == "minres_qlp"  # no diagonal metric
     assert auto("full", 96, 144_411, False) == "projected_cg"
-    assert auto("full", 768, 144_411, False, formed=True) == "minres_qlp"
+    assert auto("full", 768, 144_411, False) == "minres_qlp"  # A would have to be formed by 768 VJPs
+    assert auto("full", 768, 144_411, False, formed=True) == "projected_cg"  # per-sample: A is there
+    assert auto("full", 768, 10**6, False, formed=True) == "minres_qlp"
     # resolve() sees the mode through the linearisation.
     params = {"w": jnp.ones((3, 2))}
     cfn = lambda p, x: x @ p["w"]  # noqa: E731

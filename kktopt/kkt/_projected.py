@@ -18,11 +18,11 @@ the null space (``eta`` plus at most ``n_r`` shifted ones), so CG needs at
 most ``n_r + 1`` iterations in exact arithmetic, independent of ``m``; the
 MINRES iteration on the indefinite (*) needs up to ``2 m + n_r + 1``.
 
-The projection uses the dense factor of the (scaled) Jacobian ``A`` when it
-is small (the per-sample Jacobian, or m VJPs in one batched pass; a QR of
-``A^T`` and an SVD of its triangular factor, the same
-:func:`~kktopt.krylov.min_norm_factor` as ``method="qr"``), otherwise LSMR
-on ``A`` for every projection (matrix-free, much slower).
+The projection uses the Gram matrix of the (scaled) Jacobian's rows
+preconditioned by its own eigendecomposition (CholeskyQR2's idea; accurate to
+about ``cond(A) eps``) when A is small enough to form (the per-sample
+Jacobian, or m VJPs in one batched pass), otherwise LSMR on ``A`` for every
+projection (matrix-free, much slower).
 
 The preconditioner is diagonal: the variables are scaled by
 ``G^-1/2`` where ``G`` is the metric's diagonal (SGD, Adam) or its scalar
@@ -41,8 +41,13 @@ from jax.flatten_util import ravel_pytree
 
 from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
-from kktopt.kkt._solver import AUTO_QR_MAX_ENTRIES, AUTO_QR_MAX_ROWS, KKTSolution, KKTSolver, register_method
-from kktopt.krylov import SolverInfo, Stop, lsmr, min_norm_factor
+from kktopt.kkt._schur import _gram, default_dense_rcond
+from kktopt.kkt._solver import (
+    AUTO_DENSE_MAX_FORMED_ENTRIES, AUTO_DENSE_MAX_FORMED_ROWS, AUTO_QR_MAX_ENTRIES, AUTO_QR_MAX_ROWS, KKTSolution,
+    KKTSolver, register_method,
+)
+from kktopt.krylov import SolverInfo, Stop, lsmr
+from kktopt.krylov.dense import symmetric_pinv
 from kktopt._tree import pow2_scale
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -82,28 +87,46 @@ class _Rows(NamedTuple):
     acond: jax.Array
 
 
-def _dense_rows(cfg: KKTSolver, b: jax.Array) -> _Rows:
+def _gram_rows(cfg: KKTSolver, b: jax.Array) -> _Rows:
+    """``B`` through the Gram matrix of its preconditioned rows (CholeskyQR2's idea), no QR.
+
+    ``S = B B^T = V W V^T`` (W floored at ``4 eps ||S||``), ``P = W^-1/2 V^T``
+    and ``C = P B``: C is orthonormal in every direction S resolves, so its
+    Gram matrix ``C C^T`` is well conditioned and its pseudo-inverse accurate;
+    ``pinv(B) = C^T pinv(C C^T) P`` and the projection onto the null space
+    of B is ``v - C^T pinv(C C^T) C v``, accurate to about ``cond(B) eps``
+    (the same construction as the dense Schur solve's correction round).
+    Two Gram matrices summed over blocks of parameters: on XLA:CPU far
+    cheaper than a Householder QR of ``B^T``. ``cfg.rcond`` (default
+    ``4 eps``) is the relative eigenvalue floor of S and cut-off of ``C C^T``.
+    """
+    dtype = b.dtype
     finite = jnp.all(jnp.isfinite(b))
     b = jnp.where(finite, b, 0)
-    factor = min_norm_factor(b, rcond=cfg.rcond)
-    keep = (factor.inverse > 0).astype(b.dtype)
-    if factor.wide:  # B^T = Q U S V^T: range(B^T) is spanned by the kept columns of Q U.
-        basis = _mv(factor.q, factor.u) * keep
+    s = _gram(b)
+    s = 0.5 * (s + s.T)
+    w, v = jnp.linalg.eigh(s)
+    wmax = jnp.max(jnp.abs(w), initial=0)
+    rcond = default_dense_rcond(dtype) if cfg.rcond is None else cfg.rcond
+    floor = jnp.maximum(rcond * wmax, jnp.finfo(dtype).tiny)
+    pre = jax.lax.rsqrt(jnp.maximum(w, floor))[:, None] * v.T  # P = W^-1/2 V^T
+    cmat = _mv(pre, b)
+    g2 = _gram(cmat)
+    factor = symmetric_pinv(0.5 * (g2 + g2.T), rcond)
 
-        def multipliers(v):
-            return _mv(factor.vt.T, factor.inverse * _mv(factor.u.T, _mv(v, factor.q)))
-
-    else:  # B = Q U S V^T: range(B^T) is spanned by the kept columns of V.
-        basis = factor.vt.T * keep
-
-        def multipliers(v):
-            return _mv(factor.q, _mv(factor.u, factor.inverse * _mv(factor.vt, v)))
+    def min_norm(rhs):
+        return _mv(factor.apply(_mv(pre, rhs)), cmat)
 
     def project(v):
-        return v - _mv(basis, _mv(v, basis))
+        return v - _mv(factor.apply(_mv(cmat, v)), cmat)
 
-    return _Rows(factor.apply, project, multipliers, lambda v: _mv(b, v), lambda lam: _mv(lam, b), finite,
-                 factor.anorm, factor.acond.astype(b.dtype))
+    def multipliers(v):
+        return _mv(pre.T, factor.apply(_mv(cmat, v)))
+
+    wmin = jnp.maximum(jnp.min(w), 0)
+    acond = jnp.where(wmin > 0, jnp.sqrt(wmax / jnp.where(wmin > 0, wmin, 1)), jnp.inf).astype(dtype)
+    return _Rows(min_norm, project, multipliers, lambda v: _mv(b, v), lambda lam: _mv(lam, b), finite,
+                 jnp.sqrt(wmax), acond)
 
 
 def _lsmr_rows(cfg: KKTSolver, bmat, bt, m: int, n: int, dtype) -> _Rows:
@@ -171,14 +194,15 @@ def _projected_cg(cfg: KKTSolver, lin: Linearization, metric: Metric, step, grad
         target = -lin.c
         hs = sq * flat(gradient)
 
-    small = m <= AUTO_QR_MAX_ROWS and m * n <= AUTO_QR_MAX_ENTRIES
+    formed = lin.matrix is not None and m <= AUTO_DENSE_MAX_FORMED_ROWS and m * n <= AUTO_DENSE_MAX_FORMED_ENTRIES
+    small = formed or (m <= AUTO_QR_MAX_ROWS and m * n <= AUTO_QR_MAX_ENTRIES)
     if small:
         if lin.matrix is not None:
             a = lin.matrix.astype(dtype)
         else:
             eye = jnp.eye(m, dtype=dtype)
             a = jax.vmap(lambda e: flat(lin.vjp(e)))(eye)
-        rows = _dense_rows(cfg, a * sq)
+        rows = _gram_rows(cfg, a * sq)
     else:
         rows = _lsmr_rows(cfg, lambda v: lin.jvp(tree(sq * v)), lambda lam: sq * flat(lin.vjp(lam)), m, n, dtype)
 

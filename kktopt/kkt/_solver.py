@@ -214,12 +214,14 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool, for
     XLA:CPU. With ``formed`` (the Jacobian is already there, ``jacobian="per_sample"``)
     the Schur system uses ``"dense"`` up to ``AUTO_DENSE_MAX_FORMED_ROWS`` rows
     and ``AUTO_DENSE_MAX_FORMED_ENTRIES`` (256M) entries. ``system="full"``:
-    ``"projected_cg"`` when the Jacobian is small enough to factor, else
-    ``"minres_qlp"``.
+    ``"projected_cg"`` when the Jacobian is small enough to form and factor
+    (the same limits: the matrix-free ones, or the larger ones when it is
+    formed anyway), else ``"minres_qlp"``.
     """
     small = m <= AUTO_QR_MAX_ROWS and m * num_params <= AUTO_QR_MAX_ENTRIES
+    formed_small = formed and m <= AUTO_DENSE_MAX_FORMED_ROWS and m * num_params <= AUTO_DENSE_MAX_FORMED_ENTRIES
     if system == "full":
-        return "projected_cg" if small and (system, "projected_cg") in _METHODS else "minres_qlp"
+        return "projected_cg" if (small or formed_small) and (system, "projected_cg") in _METHODS else "minres_qlp"
     if not diagonal_metric:
         return "minres_qlp"
     # "dense" rather than "qr": on the pose CNN (m = 96, N_p = 144k, float32)
@@ -227,7 +229,6 @@ def auto_method(system: str, m: int, num_params: int, diagonal_metric: bool, for
     # 0.19 s for the Gram matrix and its eigendecomposition, and the
     # correction rounds recover the accuracy the Gram matrix loses
     # (benchmarks/step_cost.py, benchmarks/kkt_accuracy.py).
-    formed_small = formed and m <= AUTO_DENSE_MAX_FORMED_ROWS and m * num_params <= AUTO_DENSE_MAX_FORMED_ENTRIES
     return "dense" if small or formed_small else "minres_qlp"
 
 
@@ -282,10 +283,13 @@ class KKTSolver(eqx.Module):
     * ``"minres_qlp"``, ``"minres"`` (``system="full"``): the paper's
       Algorithms 1 and 2 on the full KKT matrix, matrix-free.
     * ``"projected_cg"`` (``system="full"``): the null-space method of Gould,
-      Hribar and Nocedal (2001): a particular solution of the rows from a QR
-      factor of ``A``, then CG on ``D`` in the null space of ``A`` (each
-      projection two matmuls with the factor), so every iterate meets the
-      rows to rounding. Memory ``m N_p``. The Gauss-Newton default for small m.
+      Hribar and Nocedal (2001): a particular solution of the rows from the
+      Gram matrix of ``A``'s rows preconditioned by its eigendecomposition
+      (CholeskyQR2's idea, about ``cond(A) eps``), then CG on ``D`` in the
+      null space of ``A`` (each projection two matmuls with the
+      preconditioned rows), so every iterate meets the rows to rounding.
+      Memory ``m N_p``. The Gauss-Newton default for small m, and with
+      ``jacobian="per_sample"`` up to 4096 rows.
 
     Attributes:
       system: ``"schur"`` eliminates dw: the range-space form

@@ -85,12 +85,15 @@ def gauss_newton_kkt(
     every product with ``J^T J`` through a JVP and a VJP of the linearised
     residual map (the metric: :func:`kktopt.kkt.gauss_newton_metric`). The
     default solver (``method="auto"``) is projected conjugate gradients
-    (``"projected_cg"``): the minimum-norm solution of the rows from a dense
-    QR factor of ``A``, then CG on ``J^T J + eta I`` in the null space of
-    ``A``, which meets the rows to the factor's accuracy and needs at most
-    ``n_r + 1`` iterations for ``n_r`` residuals in exact arithmetic; when
-    ``A`` is too large to form (``m > 256`` rows or more than 32M entries) it
-    is MINRES-QLP on the full system, matrix-free (Algorithm 2). With no
+    (``"projected_cg"``): the minimum-norm solution of the rows from the
+    Gram matrix of ``A``'s preconditioned rows (CholeskyQR2's idea), then CG
+    on ``J^T J + eta I`` in the null space of ``A``, which meets the rows to
+    about ``cond(A) eps`` and needs at most ``n_r + 1`` iterations for
+    ``n_r`` residuals in exact arithmetic; when ``A`` is too large to form
+    (``m > 256`` rows or more than 32M entries; with
+    ``KKTSolver(system="full", jacobian="per_sample")``, which forms it per
+    sample, up to 4096 rows and 256M entries) it is MINRES-QLP on the full
+    system, matrix-free (Algorithm 2). With no
     active constraint the step is the Levenberg-Marquardt step
     ``-(J^T J + eta I)^-1 J^T r`` (to the solver's tolerance).
 
