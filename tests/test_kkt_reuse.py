@@ -17,13 +17,13 @@ TOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_blocked_gram_matches_numpy(dtype):
-    """Two full column blocks and a tail, with and without column scaling and a left factor."""
+    """Two full column blocks and a tail, with and without column scaling."""
     with jax.enable_x64(dtype == jnp.float64):
         rng = np.random.default_rng(0)
         n = 2 * _GRAM_BLOCK + 37
-        a, s, left = rng.normal(size=(5, n)), rng.uniform(0.1, 2.0, size=n), rng.normal(size=(3, 5))
+        a, s = rng.normal(size=(5, n)), rng.uniform(0.1, 2.0, size=n)
         b = a * s
-        cases = [((), a @ a.T), ((s,), b @ b.T), ((s, left), left @ b @ b.T @ left.T)]
+        cases = [((), a @ a.T), ((s,), b @ b.T)]
         for args, ref in cases:
             got = jax.jit(_gram)(*(jnp.asarray(x, dtype) for x in (a,) + args))
             np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=TOL[dtype] * 10,

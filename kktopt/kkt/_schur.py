@@ -119,22 +119,20 @@ def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -
 _GRAM_BLOCK = 2048
 
 
-def _gram(rows: jax.Array, col_scale: jax.Array | None = None, left: jax.Array | None = None) -> jax.Array:
-    """``G = L B B^T L^T`` for ``B = rows * col_scale`` (columns scaled) and ``L = left`` (or I).
+def _gram(rows: jax.Array, col_scale: jax.Array | None = None) -> jax.Array:
+    """``B B^T`` for ``B = rows * col_scale`` (columns scaled; ``rows`` itself when None).
 
-    Summed over blocks of ``_GRAM_BLOCK`` columns in a ``lax.scan``: neither
-    ``B`` nor ``L B`` is formed, so a diagonal metric or a preconditioner
-    costs no m x N_p copy, and the long contraction runs as short dots, which
-    XLA:CPU executes several times faster than one dot over every column.
+    Summed over blocks of ``_GRAM_BLOCK`` columns in a ``lax.scan``: B is
+    not formed, so a diagonal metric costs no m x N_p copy, and the long
+    contraction runs as short dots, which XLA:CPU executes several times
+    faster than one dot over every column.
     """
     m, n = rows.shape
 
     def block(r, s):
         b = r if s is None else r * s
-        b = b if left is None else jnp.matmul(left, b, precision=_HIGHEST)
         return jnp.matmul(b, b.T, precision=_HIGHEST)
 
-    size = left.shape[0] if left is not None else m
     nb = n // _GRAM_BLOCK
     if nb < 2:
         return block(rows, col_scale)
@@ -145,7 +143,7 @@ def _gram(rows: jax.Array, col_scale: jax.Array | None = None, left: jax.Array |
         s = None if col_scale is None else jax.lax.dynamic_slice_in_dim(col_scale, start, _GRAM_BLOCK)
         return acc + block(r, s), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros((size, size), rows.dtype), jnp.arange(nb))
+    acc, _ = jax.lax.scan(body, jnp.zeros((m, m), rows.dtype), jnp.arange(nb))
     tail = nb * _GRAM_BLOCK
     if tail < n:
         acc = acc + block(rows[:, tail:], None if col_scale is None else col_scale[tail:])

@@ -36,6 +36,7 @@ from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt import _tree
 from kktopt.krylov import SolverInfo
+from kktopt.krylov.dense import PinvFactor
 from kktopt._status import KKTStatus, kkt_status, kkt_success
 
 PyTree = Any
@@ -90,7 +91,7 @@ class KKTCache(NamedTuple):
     """
 
     schur: jax.Array
-    pinv: Any
+    pinv: PinvFactor
     rows: jax.Array
     age: jax.Array
 
@@ -432,8 +433,6 @@ class KKTSolver(eqx.Module):
         """The empty :class:`KKTCache` of a solver with ``reuse > 0`` (``()`` otherwise)."""
         if not self.reuse:
             return ()
-        from kktopt.krylov.dense import PinvFactor
-
         m = self.reuse_rows
         vec, mat, scalar = jnp.zeros((m,), dtype), jnp.zeros((m, m), dtype), jnp.zeros((), dtype)
         return KKTCache(schur=mat, pinv=PinvFactor(vec, mat, vec, scalar, scalar, scalar),
@@ -517,7 +516,7 @@ def _solve_reusing(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step
     if row_ids is None:
         row_ids = jnp.arange(m, dtype=jnp.int32)
     rows = jnp.where(lin.mask > 0, jnp.asarray(row_ids, jnp.int32), -1)
-    fresh_ok = (cache.age >= 0) & (cache.age < cfg.reuse) & jnp.all(cache.rows == rows)
+    reusable = (cache.age >= 0) & (cache.age < cfg.reuse) & jnp.all(cache.rows == rows)
 
     def fresh():
         sol, factor = _solve_fresh(cfg, key, lin, metric, step, None)
@@ -529,9 +528,9 @@ def _solve_reusing(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step
         return _refine_and_judge(cfg, correct, lin, metric, first, retry_incompatible=True)
 
     shape = jax.eval_shape(lagged)
-    lag = jax.lax.cond(fresh_ok, lagged,
+    lag = jax.lax.cond(reusable, lagged,
                        lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
-    use = fresh_ok & kkt_success(lag.status)
+    use = reusable & kkt_success(lag.status)
     aged = cache._replace(age=cache.age + 1)
     sol, new_cache = jax.lax.cond(use, lambda: (lag, aged), fresh)
     return sol._replace(cache=new_cache)
