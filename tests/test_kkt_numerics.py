@@ -359,3 +359,46 @@ def test_krylov_schur_rounds_meet_rows_past_squared_conditioning(method):
     dw, info = run(kktopt.hard_adam(1e-3, cfn, solver=kktopt.KKTSolver(method=method)))
     res = np.linalg.norm(c + a @ dw) / np.linalg.norm(c)
     assert int(info.status) == KKTStatus.SOLVED and res <= TARGET[jnp.float32], (res, info.describe())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_failed_krylov_schur_solve_is_restarted_by_lsmr(dtype, monkeypatch):
+    """A Krylov solve on the Schur complement that stops on a failure code is solved again.
+
+    Its step can be so far off that no correction of its rows recovers in
+    float32 (Hard-Adam at the default eps on the pose CNN: 0.11 of ``||c||``
+    before, 5e-4 after; ``benchmarks/kkt_accuracy.py``). Here the method is
+    replaced by one that returns a wild step with the condition-limit code:
+    the first round solves the step again by LSMR and keeps it because it
+    meets the rows better; without rounds (``refine=0``) the wild step is
+    returned and reported. The result is the minimum-norm step of a numpy
+    reference.
+    """
+    from kktopt.kkt import _solver
+
+    key = ("schur", "minres_qlp")
+    honest = _solver._METHODS[key]
+
+    def wild(cfg, lin, metric, step, gradient):
+        sol = honest(cfg, lin, metric, step, gradient)
+        far = jax.tree_util.tree_map(lambda s: s + 1e3 * jnp.cos(jnp.arange(s.size, dtype=s.dtype)).reshape(s.shape),
+                                     sol.step)
+        return sol._replace(step=far, info=sol.info._replace(istop=jnp.asarray(kktopt.krylov.Stop.ACOND_LIMIT, jnp.int32)))
+
+    monkeypatch.setitem(_solver._METHODS, key, wild)
+    with jax.enable_x64(dtype == jnp.float64):
+        params, xc, cfn, grads, _, _ = mlp(16, dtype)
+
+        def run(refine):
+            tx = optax.chain(optax.sgd(0.05), kktopt.project_kkt(cfn, solver=kktopt.KKTSolver(method="minres_qlp",
+                                                                                                refine=refine)))
+            return step(tx, params, grads, xc)
+
+        _, raw = run(0)
+        assert int(raw.status) != KKTStatus.SOLVED and float(raw.linearized_residual) > 1.0, raw.describe()
+        dw, info = run(3)
+        assert int(info.status) == KKTStatus.SOLVED and int(info.refinements) >= 1, info.describe()
+        c, a = dense(cfn, params, xc)
+        u = -0.05 * flat64(grads)
+        ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+        assert np.linalg.norm(flat64(dw) - ref) / np.linalg.norm(ref) <= (2e-3 if dtype == jnp.float32 else 1e-8)

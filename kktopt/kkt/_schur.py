@@ -94,6 +94,22 @@ _KRYLOV_SCHUR = {name: register_method("schur", name)(_krylov_schur(krylov))
                  for name, krylov in (("minres_qlp", minres_qlp), ("minres", minres), ("cg", cg))}
 
 
+def _lsmr_restart(cfg: KKTSolver, lin: Linearization, metric: Metric, step) -> KKTSolution | None:
+    """The first round after a failed Krylov solve on the Schur complement: the whole step by LSMR.
+
+    A solve that stopped on a failure (condition limit, iteration limit,
+    singular or incompatible verdict) can leave multipliers so far off that
+    the rows of its step cancel beyond the working precision: a correction
+    of them cannot recover, since ``A dw`` is no longer evaluated to the
+    accuracy it needs (Hard-Adam at its default eps on the pose CNN: the
+    rows stayed at 0.11 of ``||c||``). The step is solved again from u by
+    LSMR on ``A D^-1/2`` (conditioning cond(A)). None without a diagonal metric.
+    """
+    if metric.inverse_diagonal is None:
+        return None
+    return _lsmr_solve(cfg, lin, metric, step, lin.c + lin.jvp(step))
+
+
 @register_method("schur", "dense")
 def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
     step = _unconstrained_step(lin, metric, step, gradient)
@@ -486,3 +502,4 @@ def _lsmr_solve(cfg: KKTSolver, lin: Linearization, metric: Metric, step, r) -> 
 
 for _name, _solve in _KRYLOV_SCHUR.items():
     register_method("schur", _name, correction=True)(_lsmr_round(_solve))
+    register_method("schur", _name, restart=True)(_lsmr_restart)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from kktopt.kkt._linearize import Linearization
 from kktopt.kkt._metric import Metric
 from kktopt import _tree
-from kktopt.krylov import SolverInfo
+from kktopt.krylov import SUCCESS_CODES, SolverInfo, Stop
 from kktopt.krylov.dense import PinvFactor
 from kktopt._status import KKTStatus, kkt_status, kkt_success
 
@@ -101,10 +101,13 @@ SolveFn = Callable[["KKTSolver", Linearization, Metric, "PyTree | None", "PyTree
 _METHODS: dict[tuple[str, str], SolveFn] = {}
 _CORRECTIONS: dict[tuple[str, str], SolveFn] = {}
 _LAGGED: dict[tuple[str, str], Callable] = {}
+_RESTARTS: dict[tuple[str, str], Callable] = {}
+# The solver stops that are solutions of the system, not least-squares ones.
+_SOLVED_STOPS = tuple(c for c in SUCCESS_CODES if c not in (Stop.LEAST_SQUARES_RTOL, Stop.LEAST_SQUARES_EPS))
 
 
 def register_method(system: str, method: str, *, correction: bool = False,
-                    lagged: bool = False) -> Callable[[SolveFn], SolveFn]:
+                    lagged: bool = False, restart: bool = False) -> Callable[[SolveFn], SolveFn]:
     """Register ``fn(solver, lin, metric, step, gradient) -> KKTSolution`` for ``(system, method)``.
 
     ``step`` is the unconstrained step u (closest-step form) or None, in
@@ -116,13 +119,18 @@ def register_method(system: str, method: str, *, correction: bool = False,
     call the method itself. With ``lagged=True`` ``fn(solver, lin, metric,
     step, cache) -> (KKTSolution, correction)`` solves with a
     :class:`KKTCache` from an earlier step (``KKTSolver(reuse=...)``); the
-    method's factor then needs ``schur`` and ``pinv`` attributes.
+    method's factor then needs ``schur`` and ``pinv`` attributes. With
+    ``restart=True`` ``fn(solver, lin, metric, step) -> KKTSolution | None``
+    solves the whole step again (closest-step form) as the first correction
+    round when the method's own solve stopped on a failure code or a
+    least-squares verdict (not the growth bound ``maxxnorm``, which the
+    caller set; not non-finite input).
     """
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}.")
 
     def add(fn: SolveFn) -> SolveFn:
-        table = _LAGGED if lagged else _CORRECTIONS if correction else _METHODS
+        table = _RESTARTS if restart else _LAGGED if lagged else _CORRECTIONS if correction else _METHODS
         table[(system, method)] = fn
         return fn
 
@@ -491,11 +499,31 @@ def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, 
         correct = fn
     elif sol.factor is not None:  # the rounds reuse the first solve's factorisation
         correct = functools.partial(correct, factor=sol.factor)
+    factor = sol.factor
+    sol = sol._replace(factor=None)
+    restart = _RESTARTS.get(key)
+    if restart is not None and step is not None and cfg.refine > 0:
+        # Failures, and least-squares verdicts: in float32 a Schur
+        # complement can read as singular from its own rounding.
+        solved = jnp.isin(sol.info.istop, jnp.asarray(_SOLVED_STOPS))
+        failed = ~solved & (sol.info.istop != Stop.XNORM_LIMIT) & (sol.info.istop != Stop.NONFINITE)
+        sol = sol._replace(refinements=jnp.zeros((), jnp.int32))
+
+        def restarted():  # the restart where it meets the rows better (it can fail too)
+            again = restart(cfg, lin, metric, step)
+            if again is None:
+                return sol
+            again = again._replace(info=again.info._replace(iterations=again.info.iterations + sol.info.iterations),
+                                   refinements=jnp.ones((), jnp.int32))
+            rows = lambda s: jnp.linalg.norm(lin.c + lin.jvp(s.step))  # noqa: E731
+            keep = rows(again) < rows(sol)
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), again, sol)
+
+        sol = jax.lax.cond(failed, restarted, lambda: sol)
     # A method's own round tries even when its first solve read the rows
     # as incompatible: in float32 that can be its rounding, not the rows.
-    out = _refine_and_judge(cfg, correct, lin, metric, sol._replace(factor=None),
-                            retry_incompatible=key in _CORRECTIONS)
-    return out, sol.factor
+    out = _refine_and_judge(cfg, correct, lin, metric, sol, retry_incompatible=key in _CORRECTIONS)
+    return out, factor
 
 
 def _solve_reusing(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, cache: KKTCache, row_ids):
@@ -590,10 +618,11 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
             return (k + 1, dw, lam, r, rn, its + corr.info.iterations, corr.info.istop, progress)
 
         first = jnp.zeros_like(sol.info.istop) if retry_incompatible else sol.info.istop
-        init = (jnp.zeros((), jnp.int32), sol.step, sol.multipliers, r, rnorm, sol.info.iterations,
-                first, jnp.ones((), bool))
+        # A restart (a round that solved the whole step again) counts as one.
+        done = jnp.zeros((), jnp.int32) if sol.refinements is None else sol.refinements
+        init = (done, sol.step, sol.multipliers, r, rnorm, sol.info.iterations, first, jnp.ones((), bool))
         k, dw, lam, r, rnorm, its, istop, _ = jax.lax.while_loop(cond, body, init)
-        istop = jnp.where(k == 0, sol.info.istop, istop)  # no round ran: the first solve's code
+        istop = jnp.where(k == done, sol.info.istop, istop)  # no round ran: the first solve's code
         info = sol.info._replace(iterations=its.astype(jnp.int32), istop=istop.astype(jnp.int32))
         sol = sol._replace(step=dw, multipliers=lam, info=info)
         rounds = k
