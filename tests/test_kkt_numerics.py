@@ -240,7 +240,7 @@ def test_projected_cg_against_dense_references(dtype, path, monkeypatch):
     from kktopt.kkt import _projected as projected
 
     if path == "lsmr":  # the matrix-free projections, used when A is too large to factor
-        monkeypatch.setattr(projected, "AUTO_QR_MAX_ROWS", 0)
+        monkeypatch.setattr(projected, "AUTO_DENSE_MAX_ROWS", 0)
     with jax.enable_x64(dtype == jnp.float64):
         params, xc, cfn, grads, residuals, batch = mlp(4, dtype)
         jacobian = "per_sample" if path == "per_sample" else "matrix_free"
@@ -402,3 +402,50 @@ def test_failed_krylov_schur_solve_is_restarted_by_lsmr(dtype, monkeypatch):
         u = -0.05 * flat64(grads)
         ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
         assert np.linalg.norm(flat64(dw) - ref) / np.linalg.norm(ref) <= (2e-3 if dtype == jnp.float32 else 1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_auto_falls_back_to_the_dense_schur_solve(dtype, monkeypatch):
+    """``method="auto"`` beyond the matrix-free dense limit (300 rows) is MINRES-QLP on the Schur
+    complement; where it and its rounds miss the rows and A fits a formed Jacobian's limits, the
+    step is solved again by ``"dense"`` (A from VJPs, in passes of ``vjp_batch`` rows).
+
+    MINRES-QLP is replaced by one that returns a wild step with the condition-limit code, and its
+    LSMR restart and rounds are taken away: ``method="minres_qlp"`` then reports the miss, while
+    ``"auto"`` returns the minimum-norm step of a numpy reference with a success code.
+    """
+    from kktopt.kkt import _solver
+
+    key = ("schur", "minres_qlp")
+    honest = _solver._METHODS[key]
+
+    def wild(cfg, lin, metric, step, gradient):
+        sol = honest(cfg, lin, metric, step, gradient)
+        far = jax.tree_util.tree_map(lambda s: s + 1e3 * jnp.cos(jnp.arange(s.size, dtype=s.dtype)).reshape(s.shape),
+                                     sol.step)
+        return sol._replace(step=far, info=sol.info._replace(istop=jnp.asarray(kktopt.krylov.Stop.ACOND_LIMIT, jnp.int32)))
+
+    monkeypatch.setitem(_solver._METHODS, key, wild)
+    monkeypatch.delitem(_solver._RESTARTS, key)
+    monkeypatch.delitem(_solver._CORRECTIONS, key)
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(3)
+        xc = jnp.asarray(rng.normal(size=(300, 400)) / 20, dtype)  # 300 linear rows on 400 parameters
+        params = jnp.asarray(rng.normal(size=400), dtype)
+        grads = jnp.asarray(rng.normal(size=400), dtype)
+        cfn = lambda p, x: x @ p - 1.0  # noqa: E731
+        lin = kktopt.kkt.linearize_constraints(cfn, params, xc)
+        assert kktopt.KKTSolver().resolve(lin, kktopt.kkt.euclidean_metric()) == "minres_qlp"
+
+        def run(solver):
+            return step(optax.chain(optax.sgd(0.05), kktopt.project_kkt(cfn, solver=solver)), params, grads, xc)
+
+        _, raw = run(kktopt.KKTSolver(method="minres_qlp"))
+        assert int(raw.status) != KKTStatus.SOLVED and float(raw.linearized_residual) > 1.0, raw.describe()
+        dw, info = run(kktopt.KKTSolver(vjp_batch=100))
+        assert int(info.status) == KKTStatus.SOLVED, info.describe()
+        c, a = dense(cfn, params, xc)
+        u = -0.05 * flat64(grads)
+        assert np.linalg.norm(c + a @ flat64(dw)) / np.linalg.norm(c) <= TARGET[dtype]
+        ref = u - np.linalg.lstsq(a, c + a @ u, rcond=None)[0]
+        assert np.linalg.norm(flat64(dw) - ref) / np.linalg.norm(ref) <= (1e-2 if dtype == jnp.float32 else 1e-7)

@@ -70,6 +70,8 @@ def test_kkt_solver_validation_errors():
         KKTSolver(method="dense", rcond=-1.0)
     with pytest.raises(ValueError, match="precondition"):
         KKTSolver(system="full", precondition="yes")
+    with pytest.raises(ValueError, match="vjp_batch must be a positive integer"):
+        KKTSolver(vjp_batch=0)
     # Traced values pass validation (they are checked only as Python numbers).
     rt = jax.jit(lambda r: KKTSolver(rtol=r).tolerance(jnp.float32))(jnp.float32(1e-3))
     np.testing.assert_allclose(rt, 1e-3)
@@ -106,6 +108,33 @@ def test_auto_method_by_size_and_jacobian_mode():
                                kktopt.kkt.euclidean_metric()) == "minres_qlp"  # m = 600 rows
     per_sample = kktopt.kkt.linearize_constraints(cfn, params, batch, jacobian="per_sample")
     assert KKTSolver(jacobian="per_sample").resolve(per_sample, kktopt.kkt.euclidean_metric()) == "dense"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_jacobian_formed_from_vjps_in_passes(dtype):
+    """The matrix-free Jacobian, 4 or 7 rows per pass (40 rows: full passes and a remainder), against
+    finite differences; the dense step with small passes equals the one-pass step."""
+    with jax.enable_x64(dtype == jnp.float64):
+        params, grads, pool = problem(dtype, n=20)
+        lin = kktopt.kkt.linearize_constraints(cfn, params, pool)
+        flat, unravel = ravel_pytree(params)
+        h = 1e-3 if dtype == jnp.float32 else 1e-6
+        f = lambda v: cfn(unravel(v), pool).reshape(-1)  # noqa: E731
+        fd = np.stack([(np.asarray(f(flat + h * e), np.float64) - np.asarray(f(flat - h * e), np.float64)) / (2 * h)
+                       for e in np.eye(flat.size, dtype=flat.dtype)], axis=1)
+        one_pass, _ = lin.jacobian_matrix(params, 64)
+        np.testing.assert_allclose(one_pass, fd, atol=2e-3 if dtype == jnp.float32 else 1e-8)
+        for per_pass in (4, 7):
+            a = jax.jit(lambda: lin.jacobian_matrix(params, per_pass)[0])()  # noqa: B023
+            assert a.shape == (40, flat.size)
+            np.testing.assert_allclose(a, one_pass, rtol=1e-6, atol=1e-7)
+        u = jax.tree_util.tree_map(lambda g: -0.1 * g, grads)
+        metric = kktopt.kkt.diagonal_metric(jax.tree_util.tree_map(lambda g: 1 + jnp.abs(g), grads))
+        small = KKTSolver(method="dense", vjp_batch=7).solve(lin, metric, step=u)
+        whole = KKTSolver(method="dense").solve(lin, metric, step=u)
+        np.testing.assert_allclose(ravel_pytree(small.step)[0], ravel_pytree(whole.step)[0],
+                                   rtol=1e-5 if dtype == jnp.float32 else 1e-12)
+        assert bool(small.info.success), small.info.describe()
 
 
 def test_bare_solver_is_the_transforms_default():

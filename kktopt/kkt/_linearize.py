@@ -79,6 +79,29 @@ class Linearization(NamedTuple):
         rows = self.mask if self.rows is None else self.rows
         return jnp.all(jnp.isfinite(values) | (rows == 0))
 
+    def jacobian_matrix(self, like: PyTree, rows_per_pass: int) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
+        """The ``(m, N_p)`` Jacobian of the active rows over the flat parameters, and its unravel map.
+
+        The per-sample Jacobian when it was formed; otherwise m VJPs of the
+        linearisation, ``rows_per_pass`` at a time (one ``jax.vmap`` pass
+        each, in a ``lax.map``): a batched VJP holds that many cotangents of
+        every intermediate of the constraint function at once, so the
+        passes bound the memory, not the work. ``like`` is a pytree shaped
+        like the parameters.
+        """
+        if self.matrix is not None:
+            return self.matrix, self.unravel
+        _, unravel = ravel_pytree(like)
+        m = self.c.shape[0]
+        eye = jnp.eye(m, dtype=self.c.dtype)
+
+        def row(e):
+            return ravel_pytree(self.vjp(e))[0]
+
+        if m <= rows_per_pass:
+            return jax.vmap(row)(eye), unravel
+        return jax.lax.map(row, eye, batch_size=rows_per_pass), unravel
+
     def restrict(self, mask: jax.Array) -> "Linearization":
         """The same linearisation with the active rows ``mask`` (within ``rows``); no new evaluation.
 

@@ -21,7 +21,8 @@ MINRES iteration on the indefinite (*) needs up to ``2 m + n_r + 1``.
 The projection uses the Gram matrix of the (scaled) Jacobian's rows
 preconditioned by its own eigendecomposition (CholeskyQR2's idea; accurate to
 about ``cond(A) eps``) when A is small enough to form (the per-sample
-Jacobian, or m VJPs in one batched pass), otherwise LSMR on ``A`` for every
+Jacobian, or m VJPs in batched passes; the limits of
+:func:`~kktopt.kkt.auto_method`), otherwise LSMR on ``A`` for every
 projection (matrix-free, much slower).
 
 The preconditioner is diagonal: the variables are scaled by
@@ -197,11 +198,7 @@ def _projected_cg(cfg: KKTSolver, lin: Linearization, metric: Metric, step, grad
     formed = lin.matrix is not None and m <= AUTO_DENSE_MAX_FORMED_ROWS and m * n <= AUTO_DENSE_MAX_FORMED_ENTRIES
     small = formed or (m <= AUTO_QR_MAX_ROWS and m * n <= AUTO_QR_MAX_ENTRIES)
     if small:
-        if lin.matrix is not None:
-            a = lin.matrix.astype(dtype)
-        else:
-            eye = jnp.eye(m, dtype=dtype)
-            a = jax.vmap(lambda e: flat(lin.vjp(e)))(eye)
+        a = lin.jacobian_matrix(like, cfg.vjp_batch)[0].astype(dtype)
         rows = _gram_rows(cfg, a * sq)
     else:
         rows = _lsmr_rows(cfg, lambda v: lin.jvp(tree(sq * v)), lambda lam: sq * flat(lin.vjp(lam)), m, n, dtype)

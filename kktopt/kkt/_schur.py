@@ -114,10 +114,10 @@ def _lsmr_restart(cfg: KKTSolver, lin: Linearization, metric: Metric, step) -> K
 def _dense(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> KKTSolution:
     step = _unconstrained_step(lin, metric, step, gradient)
     if metric.inverse_diagonal is not None:
-        # Form A once (the per-sample Jacobian, or m VJPs in one batched
-        # pass): the Schur complement is then one matmul, and a correction
+        # Form A once (the per-sample Jacobian, or m VJPs in batched
+        # passes): the Schur complement is then one matmul, and a correction
         # round reuses A and the eigendecomposition instead of m more VJPs.
-        a, unravel = _dense_jacobian(lin, step)
+        a, unravel = lin.jacobian_matrix(step, cfg.vjp_batch)
         return _dense_from_matrix(cfg, lin, metric, step, a, unravel)
     r = lin.c + lin.jvp(step)
 
@@ -349,19 +349,6 @@ def _gram_round(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradie
     return KKTSolution(step=dw, multipliers=jnp.matmul(pre.T, mu, precision=_HIGHEST), info=info)
 
 
-def _dense_jacobian(lin: Linearization, like) -> tuple[jax.Array, Callable]:
-    """The ``(m, N_p)`` Jacobian of the active rows and the unravel map of the flat parameters.
-
-    The per-sample Jacobian when it was formed; otherwise m VJPs of the
-    linearisation, batched in one ``jax.vmap`` pass.
-    """
-    if lin.matrix is not None:
-        return lin.matrix, lin.unravel
-    _, unravel = ravel_pytree(like)
-    eye = jnp.eye(lin.c.shape[0], dtype=lin.c.dtype)
-    return jax.vmap(lambda e: ravel_pytree(lin.vjp(e))[0])(eye), unravel
-
-
 def _flat_inverse_diagonal(metric: Metric, n: int, dtype) -> jax.Array:
     dinv = metric.inverse_diagonal
     if isinstance(dinv, (int, float)):
@@ -387,7 +374,7 @@ def _qr(cfg: KKTSolver, lin: Linearization, metric: Metric, step, gradient) -> K
     """
     _needs_diagonal(metric, "qr")
     step = _unconstrained_step(lin, metric, step, gradient)
-    a, unravel = _dense_jacobian(lin, step)
+    a, unravel = lin.jacobian_matrix(step, cfg.vjp_batch)
     dtype = a.dtype
     n = a.shape[1]
     u = ravel_pytree(step)[0].astype(dtype)

@@ -251,7 +251,15 @@ class KKTSolver(eqx.Module):
     at most 32M Jacobian entries (with ``jacobian="per_sample"``, which forms
     the Jacobian anyway: up to 4096 rows and 256M entries), else MINRES-QLP
     on the Schur complement (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
-    ``benchmarks/step_cost.py``). :func:`kktopt.gauss_newton_kkt` needs
+    ``benchmarks/step_cost.py``). Where ``"auto"``'s MINRES-QLP and its
+    rounds miss the rows (status not converged, incompatible or accuracy
+    limit) and A fits the formed limits (4096 rows, 256M entries), the step
+    is solved again by the dense method of the system (``"dense"``, or
+    ``"projected_cg"`` on the full one), A formed by VJPs in passes of
+    ``vjp_batch`` rows, and the better step is kept: a well-conditioned
+    problem keeps the cheap Krylov solve, a hard one still gets its rows
+    (the pose CNN with 128 samples, Hard-Adam at its default eps). An
+    explicit ``method`` never falls back. :func:`kktopt.gauss_newton_kkt` needs
     ``system="full"`` (its metric has no cheap inverse).
 
     Every solve ends with a check of the true linearised rows
@@ -309,6 +317,12 @@ class KKTSolver(eqx.Module):
         ``"per_sample"`` (the dense m x N_p Jacobian by vmapped per-sample
         reverse mode, for constraints separable over the batch's sample
         axis; products are then matmuls).
+      vjp_batch: the dense methods with ``jacobian="matrix_free"`` form A by
+        m VJPs of the linearisation, this many per batched pass (default
+        256). A pass holds that many cotangents of every intermediate of the
+        constraint function at once: lower it when forming A runs out of
+        memory (a CNN's feature maps over a large batch), raise it for
+        fewer, larger passes.
       rtol: relative tolerance of the inner solver; default
         :func:`default_rtol` (1e-4 in float32, 1e-8 in float64).
       maxiter: Krylov iteration limit; default :func:`default_maxiter`.
@@ -373,6 +387,7 @@ class KKTSolver(eqx.Module):
     maxxnorm: float | None = eqx.field(static=True, default=None)
     reuse: int = eqx.field(static=True, default=0)
     reuse_rows: int | None = eqx.field(static=True, default=None)
+    vjp_batch: int = eqx.field(static=True, default=256)
 
     def __check_init__(self):
         if self.system not in SYSTEMS:
@@ -405,6 +420,8 @@ class KKTSolver(eqx.Module):
             raise ValueError(
                 f"KKTSolver.maxxnorm must be None (no bound) or a number > 1, got {self.maxxnorm!r}."
             )
+        if isinstance(self.vjp_batch, bool) or not isinstance(self.vjp_batch, int) or self.vjp_batch < 1:
+            raise ValueError(f"KKTSolver.vjp_batch must be a positive integer, got {self.vjp_batch!r}.")
         if isinstance(self.reuse, bool) or not isinstance(self.reuse, int) or self.reuse < 0:
             raise ValueError(f"KKTSolver.reuse must be a non-negative integer, got {self.reuse!r}.")
         if self.reuse:
@@ -450,13 +467,7 @@ class KKTSolver(eqx.Module):
         """The method this solver runs for ``lin`` and ``metric`` (``"auto"`` resolved)."""
         if self.method != "auto":
             return self.method
-        m = lin.c.shape[0]
-        if lin.matrix is not None:
-            num_params = lin.matrix.shape[1]
-        else:
-            num_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(
-                jax.eval_shape(lin.vjp, jax.ShapeDtypeStruct(lin.c.shape, lin.c.dtype))))
-        return auto_method(self.system, m, num_params, metric.inverse_diagonal is not None,
+        return auto_method(self.system, lin.c.shape[0], _num_params(lin), metric.inverse_diagonal is not None,
                            formed=lin.matrix is not None)
 
     def solve(
@@ -485,7 +496,58 @@ class KKTSolver(eqx.Module):
         if self.reuse and isinstance(cache, KKTCache):
             return _solve_reusing(self, key, lin, metric, step, cache, row_ids)
         sol, _ = _solve_fresh(self, key, lin, metric, step, gradient)
+        dense = self._dense_fallback(key, lin, metric)
+        if dense is not None:
+            sol = _fall_back(dataclasses.replace(self, method=dense[1]), dense, lin, metric, step, gradient, sol)
         return sol
+
+    def _dense_fallback(self, key, lin: Linearization, metric: Metric):
+        """``method="auto"``: the dense method to solve with when its Krylov choice misses the rows.
+
+        ``(system, "dense")`` on the Schur system with a diagonal metric,
+        ``(system, "projected_cg")`` on the full one, when A fits the limits
+        of a formed Jacobian (``AUTO_DENSE_MAX_FORMED_ROWS`` rows,
+        ``AUTO_DENSE_MAX_FORMED_ENTRIES`` entries); else None.
+        """
+        if self.method != "auto" or key[1] != "minres_qlp":
+            return None
+        dense = (key[0], "dense" if key[0] == "schur" else "projected_cg")
+        if dense not in _METHODS or (key[0] == "schur" and metric.inverse_diagonal is None):
+            return None
+        m = lin.c.shape[0]
+        if m > AUTO_DENSE_MAX_FORMED_ROWS or m * _num_params(lin) > AUTO_DENSE_MAX_FORMED_ENTRIES:
+            return None
+        return dense
+
+
+def _num_params(lin: Linearization) -> int:
+    if lin.matrix is not None:
+        return lin.matrix.shape[1]
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(
+        jax.eval_shape(lin.vjp, jax.ShapeDtypeStruct(lin.c.shape, lin.c.dtype))))
+
+
+# The verdicts after which ``method="auto"`` tries its dense fallback.
+_RETRIED = (KKTStatus.NOT_CONVERGED, KKTStatus.INCOMPATIBLE, KKTStatus.ACCURACY_LIMIT)
+
+
+def _fall_back(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient,
+               sol: KKTSolution) -> KKTSolution:
+    """The step solved again by the dense method ``key`` (with its rounds) where ``sol`` missed the rows.
+
+    Kept where it meets the rows better; iterations and rounds add up. A
+    ``lax.cond``: steps whose Krylov solve met the rows pay nothing (under
+    ``jax.vmap`` both branches run).
+    """
+    def again():
+        new, _ = _solve_fresh(cfg, key, lin, metric, step, gradient)
+        new = new._replace(info=new.info._replace(iterations=new.info.iterations + sol.info.iterations),
+                           refinements=new.refinements + sol.refinements)
+        keep = new.residual < sol.residual
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, sol)
+
+    retry = jnp.isin(sol.status, jnp.asarray([int(s) for s in _RETRIED], sol.status.dtype))
+    return jax.lax.cond(retry, again, lambda: sol)
 
 
 def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient):
