@@ -361,6 +361,24 @@ def test_krylov_schur_rounds_meet_rows_past_squared_conditioning(method):
     assert int(info.status) == KKTStatus.SOLVED and res <= TARGET[jnp.float32], (res, info.describe())
 
 
+def wild_minres_qlp(monkeypatch):
+    """Replace MINRES-QLP on the Schur complement by one that returns a wild step with the
+    condition-limit code; returns the solver module and the method's key."""
+    from kktopt.kkt import _solver
+
+    key = ("schur", "minres_qlp")
+    honest = _solver._METHODS[key]
+
+    def wild(cfg, lin, metric, step, gradient):
+        sol = honest(cfg, lin, metric, step, gradient)
+        far = jax.tree_util.tree_map(lambda s: s + 1e3 * jnp.cos(jnp.arange(s.size, dtype=s.dtype)).reshape(s.shape),
+                                     sol.step)
+        return sol._replace(step=far, info=sol.info._replace(istop=jnp.asarray(kktopt.krylov.Stop.ACOND_LIMIT, jnp.int32)))
+
+    monkeypatch.setitem(_solver._METHODS, key, wild)
+    return _solver, key
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_failed_krylov_schur_solve_is_restarted_by_lsmr(dtype, monkeypatch):
     """A Krylov solve on the Schur complement that stops on a failure code is solved again.
@@ -374,18 +392,7 @@ def test_failed_krylov_schur_solve_is_restarted_by_lsmr(dtype, monkeypatch):
     returned and reported. The result is the minimum-norm step of a numpy
     reference.
     """
-    from kktopt.kkt import _solver
-
-    key = ("schur", "minres_qlp")
-    honest = _solver._METHODS[key]
-
-    def wild(cfg, lin, metric, step, gradient):
-        sol = honest(cfg, lin, metric, step, gradient)
-        far = jax.tree_util.tree_map(lambda s: s + 1e3 * jnp.cos(jnp.arange(s.size, dtype=s.dtype)).reshape(s.shape),
-                                     sol.step)
-        return sol._replace(step=far, info=sol.info._replace(istop=jnp.asarray(kktopt.krylov.Stop.ACOND_LIMIT, jnp.int32)))
-
-    monkeypatch.setitem(_solver._METHODS, key, wild)
+    wild_minres_qlp(monkeypatch)
     with jax.enable_x64(dtype == jnp.float64):
         params, xc, cfn, grads, _, _ = mlp(16, dtype)
 
@@ -414,18 +421,7 @@ def test_auto_falls_back_to_the_dense_schur_solve(dtype, monkeypatch):
     LSMR restart and rounds are taken away: ``method="minres_qlp"`` then reports the miss, while
     ``"auto"`` returns the minimum-norm step of a numpy reference with a success code.
     """
-    from kktopt.kkt import _solver
-
-    key = ("schur", "minres_qlp")
-    honest = _solver._METHODS[key]
-
-    def wild(cfg, lin, metric, step, gradient):
-        sol = honest(cfg, lin, metric, step, gradient)
-        far = jax.tree_util.tree_map(lambda s: s + 1e3 * jnp.cos(jnp.arange(s.size, dtype=s.dtype)).reshape(s.shape),
-                                     sol.step)
-        return sol._replace(step=far, info=sol.info._replace(istop=jnp.asarray(kktopt.krylov.Stop.ACOND_LIMIT, jnp.int32)))
-
-    monkeypatch.setitem(_solver._METHODS, key, wild)
+    _solver, key = wild_minres_qlp(monkeypatch)
     monkeypatch.delitem(_solver._RESTARTS, key)
     monkeypatch.delitem(_solver._CORRECTIONS, key)
     with jax.enable_x64(dtype == jnp.float64):

@@ -251,9 +251,10 @@ class KKTSolver(eqx.Module):
     at most 32M Jacobian entries (with ``jacobian="per_sample"``, which forms
     the Jacobian anyway: up to 4096 rows and 256M entries), else MINRES-QLP
     on the Schur complement (:func:`auto_method`; chosen with ``benchmarks/kkt_accuracy.py`` and
-    ``benchmarks/step_cost.py``). Where ``"auto"``'s MINRES-QLP and its
-    rounds miss the rows (status not converged, incompatible or accuracy
-    limit) and A fits the formed limits (4096 rows, 256M entries), the step
+    ``benchmarks/step_cost.py``). Where ``"auto"``'s MINRES-QLP on more than
+    256 rows and its rounds miss the rows (status not converged,
+    incompatible or accuracy limit) and A fits the formed limits (4096
+    rows, 256M entries), the step
     is solved again by the dense method of the system (``"dense"``, or
     ``"projected_cg"`` on the full one), A formed by VJPs in passes of
     ``vjp_batch`` rows, and the better step is kept: a well-conditioned
@@ -505,11 +506,18 @@ class KKTSolver(eqx.Module):
         """``method="auto"``: the dense method to solve with when its Krylov choice misses the rows.
 
         ``(system, "dense")`` on the Schur system with a diagonal metric,
-        ``(system, "projected_cg")`` on the full one, when A fits the limits
-        of a formed Jacobian (``AUTO_DENSE_MAX_FORMED_ROWS`` rows,
-        ``AUTO_DENSE_MAX_FORMED_ENTRIES`` entries); else None.
+        ``(system, "projected_cg")`` on the full one, when there are more
+        than ``AUTO_QR_MAX_ROWS`` rows and A fits the limits of a formed
+        Jacobian (``AUTO_DENSE_MAX_FORMED_ROWS`` rows,
+        ``AUTO_DENSE_MAX_FORMED_ENTRIES`` entries); else None. Fewer rows
+        resolve to MINRES-QLP only for a large model (more than 32M
+        Jacobian entries): a few hundred rows take a few hundred Krylov
+        iterations at most, less than forming A (the 1M-parameter MLP of
+        ``benchmarks/step_cost.py``, 96 rows: 0.2 s against 0.8 s), and the
+        fallback's buffers would count in XLA's peak memory of every step
+        (15x there), taken or not.
         """
-        if self.method != "auto" or key[1] != "minres_qlp":
+        if self.method != "auto" or key[1] != "minres_qlp" or lin.c.shape[0] <= AUTO_QR_MAX_ROWS:
             return None
         dense = (key[0], "dense" if key[0] == "schur" else "projected_cg")
         if dense not in _METHODS or (key[0] == "schur" and metric.inverse_diagonal is None):
@@ -544,7 +552,7 @@ def _fall_back(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gr
         new = new._replace(info=new.info._replace(iterations=new.info.iterations + sol.info.iterations),
                            refinements=new.refinements + sol.refinements)
         keep = new.residual < sol.residual
-        return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, sol)
+        return _tree.tree_where(keep, new, sol)
 
     retry = jnp.isin(sol.status, jnp.asarray([int(s) for s in _RETRIED], sol.status.dtype))
     return jax.lax.cond(retry, again, lambda: sol)
@@ -579,7 +587,7 @@ def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, 
                                    refinements=jnp.ones((), jnp.int32))
             rows = lambda s: jnp.linalg.norm(lin.c + lin.jvp(s.step))  # noqa: E731
             keep = rows(again) < rows(sol)
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), again, sol)
+            return _tree.tree_where(keep, again, sol)
 
         sol = jax.lax.cond(failed, restarted, lambda: sol)
     # A method's own round tries even when its first solve read the rows
@@ -672,7 +680,7 @@ def _refine_and_judge(cfg: KKTSolver, fn: SolveFn, lin: Linearization, metric: M
             rn_new = jnp.linalg.norm(r_new)
             better = rn_new < rn
             # Keep the better iterate; stop when a round no longer halves the residual.
-            dw = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), dw_new, dw)
+            dw = _tree.tree_where(better, dw_new, dw)
             lam = jnp.where(better, lam + corr.multipliers, lam)
             r = jnp.where(better, r_new, r)
             progress = rn_new < 0.5 * rn

@@ -93,8 +93,8 @@ def gauss_newton_kkt(
     (``m > 256`` rows or more than 32M entries; with
     ``KKTSolver(system="full", jacobian="per_sample")``, which forms it per
     sample, up to 4096 rows and 256M entries) it is MINRES-QLP on the full
-    system, matrix-free (Algorithm 2), and projected CG again where that
-    misses the rows and ``A`` fits those larger limits. With no
+    system, matrix-free (Algorithm 2), and beyond 256 rows projected CG
+    again where that misses the rows and ``A`` fits those larger limits. With no
     active constraint the step is the Levenberg-Marquardt step
     ``-(J^T J + eta I)^-1 J^T r`` (to the solver's tolerance).
 

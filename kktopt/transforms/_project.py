@@ -86,8 +86,8 @@ def project_kkt(
         (``method="auto"``: the dense Schur complement ``"dense"`` with
         correction rounds on the true rows for ``m <= 256`` rows and at most
         32M Jacobian entries, else MINRES-QLP on the m x m Schur complement
-        with LSMR rounds, and the dense solve where those miss the rows and
-        A fits (4096 rows, 256M entries); see :func:`kktopt.kkt.auto_method` and
+        with LSMR rounds, and beyond 256 rows the dense solve where those
+        miss the rows and A fits (4096 rows, 256M entries); see :func:`kktopt.kkt.auto_method` and
         ``benchmarks/kkt_accuracy.py``). ``KKTSolver(system="full")`` is the
         paper's Algorithm 1; ``KKTSolver(method="dense",
         jacobian="per_sample")`` forms the Jacobian per sample, cheap when
