@@ -256,8 +256,9 @@ class KKTSolver(eqx.Module):
     incompatible or accuracy limit) and A fits the formed limits (4096
     rows, 256M entries), the step
     is solved again by the dense method of the system (``"dense"``, or
-    ``"projected_cg"`` on the full one), A formed by VJPs in passes of
-    ``vjp_batch`` rows, and the better step is kept: a well-conditioned
+    ``"projected_cg"`` on the full one; in place of the LSMR restart),
+    A formed by VJPs in passes of ``vjp_batch`` rows, and the better step
+    is kept: a well-conditioned
     problem keeps the cheap Krylov solve, a hard one still gets its rows
     (the pose CNN with 128 samples, Hard-Adam at its default eps). An
     explicit ``method`` never falls back. :func:`kktopt.gauss_newton_kkt` needs
@@ -496,8 +497,9 @@ class KKTSolver(eqx.Module):
         key = (self.system, self.resolve(lin, metric))
         if self.reuse and isinstance(cache, KKTCache):
             return _solve_reusing(self, key, lin, metric, step, cache, row_ids)
-        sol, _ = _solve_fresh(self, key, lin, metric, step, gradient)
         dense = self._dense_fallback(key, lin, metric)
+        # With a dense fallback, a failed Krylov solve goes to it rather than to a restart.
+        sol, _ = _solve_fresh(self, key, lin, metric, step, gradient, restart=dense is None)
         if dense is not None:
             sol = _fall_back(dataclasses.replace(self, method=dense[1]), dense, lin, metric, step, gradient, sol)
         return sol
@@ -558,8 +560,11 @@ def _fall_back(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gr
     return jax.lax.cond(retry, again, lambda: sol)
 
 
-def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient):
-    """The method's solve, its correction rounds and the verdict: ``(solution, the method's factor)``."""
+def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient, restart: bool = True):
+    """The method's solve, its correction rounds and the verdict: ``(solution, the method's factor)``.
+
+    ``restart=False``: no restart (``register_method(..., restart=True)``) after a failed first solve.
+    """
     fn = _METHODS[key]
     sol = fn(cfg, lin, metric, step, gradient)
     if step is not None and sol.step_rows_norm is None:
@@ -571,7 +576,7 @@ def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, 
         correct = functools.partial(correct, factor=sol.factor)
     factor = sol.factor
     sol = sol._replace(factor=None)
-    restart = _RESTARTS.get(key)
+    restart = _RESTARTS.get(key) if restart else None
     if restart is not None and step is not None and cfg.refine > 0:
         # Failures, and least-squares verdicts: in float32 a Schur
         # complement can read as singular from its own rounding.
