@@ -379,7 +379,7 @@ def wild_minres_qlp(monkeypatch):
     return _solver, key
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 def test_failed_krylov_schur_solve_is_restarted_by_lsmr(dtype, monkeypatch):
     """A Krylov solve on the Schur complement that stops on a failure code is solved again.
 

@@ -110,7 +110,7 @@ def test_auto_method_by_size_and_jacobian_mode():
     assert KKTSolver(jacobian="per_sample").resolve(per_sample, kktopt.kkt.euclidean_metric()) == "dense"
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 def test_jacobian_formed_from_vjps_in_passes(dtype):
     """The matrix-free Jacobian, 4 or 7 rows per pass (40 rows: full passes and a remainder), against
     forward mode (``jax.jacfwd``, no VJP involved); the dense step with small passes equals the one-pass step."""
