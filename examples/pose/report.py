@@ -125,11 +125,17 @@ def plot_fig2b(results: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def _median_residual(r: dict[str, Any]) -> float | None:
-    """Median over every hard step of a configuration of ``||A dw + c|| / ||c||`` (None: no KKT step)."""
+    """Median over every hard step of a configuration of ``||A dw + c|| / ||c||`` (None: no KKT step).
+
+    Results files of schema ``kktopt.pose_experiment/1`` kept only each
+    checkpoint interval's median: for them, the median of those medians.
+    """
     import numpy as np
 
-    steps = [v for c in r["checkpoints"][1:]
-             for v in c.get("train", {}).get("solves", {}).get("linearized_residual", [])]
+    train = [c.get("train", {}) for c in r["checkpoints"][1:]]
+    steps = [v for t in train for v in t.get("solves", {}).get("linearized_residual", [])]
+    if not steps:
+        steps = [t["linearized_residual_median"] for t in train if t.get("linearized_residual_median") is not None]
     values = [np.nan if v is None else v for v in steps]
     return float(np.median(values)) if values else None
 

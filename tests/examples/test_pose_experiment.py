@@ -409,3 +409,17 @@ def test_paper_preset_runs_a_couple_of_steps(tmp_path):
     for entry in res["methods"].values():
         assert [c["step"] for c in entry["checkpoints"]] == [0, 2]
         assert np.isfinite(entry["checkpoints"][-1]["test"]["mpjpe_mm"])
+
+
+def test_table_median_residual_from_steps_or_from_old_checkpoint_medians():
+    """The table's last column: the median over every hard step (schema 2 records them), or for
+    results of schema 1, which kept one median per checkpoint interval, the median of those."""
+    from pose import report
+
+    new = {"checkpoints": [{}, {"train": {"solves": {"linearized_residual": [1e-4, 3e-4, 4e-4]}}},
+                           {"train": {"solves": {"linearized_residual": [2e-4]}}}]}
+    assert report._median_residual(new) == pytest.approx(2.5e-4)
+    old = {"checkpoints": [{}, {"train": {"linearized_residual_median": 0.3}},
+                           {"train": {"linearized_residual_median": 0.1}}, {"train": {"linearized_residual_median": 0.2}}]}
+    assert report._median_residual(old) == pytest.approx(0.2)
+    assert report._median_residual({"checkpoints": [{}, {"train": {"loss_mean": 1.0}}]}) is None
