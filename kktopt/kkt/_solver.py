@@ -499,7 +499,7 @@ class KKTSolver(eqx.Module):
             return _solve_reusing(self, key, lin, metric, step, cache, row_ids)
         dense = self._dense_fallback(key, lin, metric)
         # With a dense fallback, a failed Krylov solve goes to it rather than to a restart.
-        sol, _ = _solve_fresh(self, key, lin, metric, step, gradient, restart=dense is None)
+        sol, _ = _solve_fresh(self, key, lin, metric, step, gradient, allow_restart=dense is None)
         if dense is not None:
             sol = _fall_back(dataclasses.replace(self, method=dense[1]), dense, lin, metric, step, gradient, sol)
         return sol
@@ -519,12 +519,12 @@ class KKTSolver(eqx.Module):
         fallback's buffers would count in XLA's peak memory of every step
         (15x there), taken or not.
         """
-        if self.method != "auto" or key[1] != "minres_qlp" or lin.c.shape[0] <= AUTO_QR_MAX_ROWS:
+        m = lin.c.shape[0]
+        if self.method != "auto" or key[1] != "minres_qlp" or m <= AUTO_QR_MAX_ROWS:
             return None
         dense = (key[0], "dense" if key[0] == "schur" else "projected_cg")
         if dense not in _METHODS or (key[0] == "schur" and metric.inverse_diagonal is None):
             return None
-        m = lin.c.shape[0]
         if m > AUTO_DENSE_MAX_FORMED_ROWS or m * _num_params(lin) > AUTO_DENSE_MAX_FORMED_ENTRIES:
             return None
         return dense
@@ -541,6 +541,13 @@ def _num_params(lin: Linearization) -> int:
 _RETRIED = (KKTStatus.NOT_CONVERGED, KKTStatus.INCOMPATIBLE, KKTStatus.ACCURACY_LIMIT)
 
 
+def _second_try(first: KKTSolution, second: KKTSolution, keep: jax.Array, refinements) -> KKTSolution:
+    """``second`` (a whole step solved again) where ``keep``, else ``first``; iterations add up."""
+    second = second._replace(info=second.info._replace(iterations=second.info.iterations + first.info.iterations),
+                             refinements=refinements)
+    return _tree.tree_where(keep, second, first)
+
+
 def _fall_back(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient,
                sol: KKTSolution) -> KKTSolution:
     """The step solved again by the dense method ``key`` (with its rounds) where ``sol`` missed the rows.
@@ -551,19 +558,17 @@ def _fall_back(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gr
     """
     def again():
         new, _ = _solve_fresh(cfg, key, lin, metric, step, gradient)
-        new = new._replace(info=new.info._replace(iterations=new.info.iterations + sol.info.iterations),
-                           refinements=new.refinements + sol.refinements)
-        keep = new.residual < sol.residual
-        return _tree.tree_where(keep, new, sol)
+        return _second_try(sol, new, new.residual < sol.residual, new.refinements + sol.refinements)
 
     retry = jnp.isin(sol.status, jnp.asarray([int(s) for s in _RETRIED], sol.status.dtype))
     return jax.lax.cond(retry, again, lambda: sol)
 
 
-def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient, restart: bool = True):
+def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, gradient,
+                 allow_restart: bool = True):
     """The method's solve, its correction rounds and the verdict: ``(solution, the method's factor)``.
 
-    ``restart=False``: no restart (``register_method(..., restart=True)``) after a failed first solve.
+    ``allow_restart=False``: no restart (``register_method(..., restart=True)``) after a failed first solve.
     """
     fn = _METHODS[key]
     sol = fn(cfg, lin, metric, step, gradient)
@@ -576,7 +581,7 @@ def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, 
         correct = functools.partial(correct, factor=sol.factor)
     factor = sol.factor
     sol = sol._replace(factor=None)
-    restart = _RESTARTS.get(key) if restart else None
+    restart = _RESTARTS.get(key) if allow_restart else None
     if restart is not None and step is not None and cfg.refine > 0:
         # Failures, and least-squares verdicts: in float32 a Schur
         # complement can read as singular from its own rounding.
@@ -588,11 +593,8 @@ def _solve_fresh(cfg: KKTSolver, key, lin: Linearization, metric: Metric, step, 
             again = restart(cfg, lin, metric, step)
             if again is None:
                 return sol
-            again = again._replace(info=again.info._replace(iterations=again.info.iterations + sol.info.iterations),
-                                   refinements=jnp.ones((), jnp.int32))
             rows = lambda s: jnp.linalg.norm(lin.c + lin.jvp(s.step))  # noqa: E731
-            keep = rows(again) < rows(sol)
-            return _tree.tree_where(keep, again, sol)
+            return _second_try(sol, again, rows(again) < rows(sol), jnp.ones((), jnp.int32))
 
         sol = jax.lax.cond(failed, restarted, lambda: sol)
     # A method's own round tries even when its first solve read the rows
