@@ -79,6 +79,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                                                       or [np.nan]))
             row["layer_status"] = _merge_counts([p[s]["layer"]["status_counts"] for p in projected
                                                  for s in ("test", "pool") if "layer" in p[s]])
+        for key in ("mpjpe_mm", "median_abs_c_mm"):
+            row[f"test_{key}_drift"] = _drift(runs, key)
         for key in ("normal_share", "step_norm_mean", "multiplier_abs_mean_mean",
                     "linearized_residual_mean", "kkt_ok_mean", "loss_mean"):
             vals = [c["train"].get(key) for c in last]
@@ -86,6 +88,31 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row[key] = _stat(vals)
         rows.append(row)
     return rows
+
+
+def _drift(runs: list[dict[str, Any]], key: str, share: float = 0.25
+           ) -> tuple[int, float | None] | None:
+    """``(from_step, mean change)``: a test metric's change over the last `share` of the run.
+
+    The mean over seeds of (final value - value at the last checkpoint at or
+    before ``(1 - share)`` of the steps); None for a diverged seed. How far a
+    curve still moves at the end says whether its end point is converged.
+    """
+    steps = [c["step"] for c in runs[0]["checkpoints"]]
+    if len(steps) < 2:
+        return None
+    target = steps[-1] * (1.0 - share)
+    i = max(j for j, st in enumerate(steps) if st <= target)
+    changes = []
+    for r in runs:
+        cks = r["checkpoints"]
+        if len(cks) != len(steps):
+            return None
+        a, b = cks[i]["test"][key], cks[-1]["test"][key]
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            return steps[i], None
+        changes.append(b - a)
+    return steps[i], float(np.mean(changes))
 
 
 def _merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
@@ -189,19 +216,29 @@ def format_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
     u = results.get("unconstrained", {})
     lines = [
         "| method | hyperparameters | test MPJPE (mm) | test median abs C (mm) | pool MPJPE (mm) "
-        "| pool median abs C (mm) | test met at 1 mm (%) | normal share | s/step per run |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "| pool median abs C (mm) | test met at 1 mm (%) | normal share "
+        "| last-quarter change of test MPJPE / median abs C (mm) | s/step per run |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     if u.get("test"):
         lines.append(f"| Unconstrained (start) | - | {u['test']['mpjpe_mm']:.1f} | "
                      f"{u['test']['median_abs_c_mm']:.2f} | {u['pool']['mpjpe_mm']:.1f} | "
-                     f"{u['pool']['median_abs_c_mm']:.2f} | - | - | - |")
+                     f"{u['pool']['median_abs_c_mm']:.2f} | - | - | - | - |")
     for r in _in_order(rows):
         lines.append(
             f"| {r['label']} | {_hyper(r['hyper'])} | {_fmt(r['test_mpjpe_mm'])} | "
             f"{_fmt(r['test_median_abs_c_mm'], 2)} | {_fmt(r['pool_mpjpe_mm'])} | "
             f"{_fmt(r['pool_median_abs_c_mm'], 2)} | {_fmt(r.get('test_met_1mm'), 1, 100)} | "
-            f"{_fmt(r.get('normal_share'), 3)} | {r['seconds_per_step']:.3f} |")
+            f"{_fmt(r.get('normal_share'), 3)} | {_fmt_drift(r)} | {r['seconds_per_step']:.3f} |")
     return "\n".join(lines)
+
+
+def _fmt_drift(r: dict[str, Any]) -> str:
+    e, c = r.get("test_mpjpe_mm_drift"), r.get("test_median_abs_c_mm_drift")
+    if e is None or c is None:
+        return "-"
+    if e[1] is None or c[1] is None:
+        return "diverged"
+    return f"{e[1]:+.1f} / {c[1]:+.2f} (from {e[0]})"
 
 
 def format_projection_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
@@ -318,37 +355,69 @@ def plot_pareto(rows: list[dict[str, Any]], results: dict[str, Any], path, split
 
 
 def plot_curves(results: dict[str, Any], rows: list[dict[str, Any]], path) -> None:
-    """Test MPJPE and median |C| against step, mean over seeds, every configuration."""
+    """Test MPJPE and median |C| against step: one panel pair per family, a line per configuration.
+
+    Mean over seeds. A configuration with a non-finite seed, or one whose
+    MPJPE leaves the range of the finite runs (above 3x the starting error),
+    is drawn up to its last sane checkpoint and marked "diverged".
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    by_config: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_family: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in results.get("runs", {}).values():
-        by_config[r["config_id"]].append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    seen = set()
-    for cid, runs in sorted(by_config.items()):
-        fam = runs[0]["family"]
-        steps = [c["step"] for c in runs[0]["checkpoints"]]
-        for ax, key in zip(axes, ("mpjpe_mm", "median_abs_c_mm")):
-            vals = np.array([[np.nan if c["test"][key] is None else c["test"][key]
-                              for c in r["checkpoints"][:len(steps)]] for r in runs
-                             if len(r["checkpoints"]) >= len(steps)], float)
-            if vals.size == 0:
-                continue
-            ax.plot(steps, np.nanmean(vals, axis=0), color=_COLOURS.get(fam, "grey"),
-                    linewidth=1, alpha=0.7, label=None if fam in seen else runs[0]["label"])
-        seen.add(fam)
-    axes[0].set_ylabel("test MPJPE (mm)")
-    axes[1].set_ylabel("test median |C| (mm)")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xlabel("iteration")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Pose study: learning curves (mean over seeds; one line per configuration)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        if r.get("checkpoints"):
+            by_family[r["family"]][r["config_id"]].append(r)
+    order = [f for f in _COLOURS if f in by_family] + sorted(set(by_family) - set(_COLOURS))
+    if not order:
+        return
+    u = results.get("unconstrained", {}).get("test", {})
+    start = u.get("mpjpe_mm")
+    cap = 3.0 * start if start else math.inf
+    cols = 3
+    nrows = -(-len(order) // cols)
+    fig, axes = plt.subplots(2 * nrows, cols, figsize=(5.2 * cols, 3.0 * 2 * nrows), squeeze=False)
+    for n, fam in enumerate(order):
+        ax_e = axes[2 * (n // cols), n % cols]
+        ax_c = axes[2 * (n // cols) + 1, n % cols]
+        cmap = plt.get_cmap("viridis")
+        configs = sorted(by_family[fam].items(),
+                         key=lambda kv: tuple(sorted(kv[1][0]["hyper"].items())))
+        for k, (cid, runs) in enumerate(configs):
+            steps = [c["step"] for c in runs[0]["checkpoints"]]
+            runs = [r for r in runs if len(r["checkpoints"]) >= len(steps)]
+            vals = {key: np.array([[np.nan if c["test"][key] is None else c["test"][key]
+                                    for c in r["checkpoints"][:len(steps)]] for r in runs], float)
+                    for key in ("mpjpe_mm", "median_abs_c_mm")}
+            bad = ~np.all(np.isfinite(vals["mpjpe_mm"]), axis=0) | (
+                np.nanmax(np.where(np.isfinite(vals["mpjpe_mm"]), vals["mpjpe_mm"], 0.0), axis=0) > cap)
+            last = len(steps) if not bad.any() else int(np.argmax(bad))
+            label = _hyper(runs[0]["hyper"]) + (" (diverged)" if bad.any() else "")
+            colour = cmap(k / max(len(configs) - 1, 1))
+            for ax, key in ((ax_e, "mpjpe_mm"), (ax_c, "median_abs_c_mm")):
+                if last > 0:
+                    ax.plot(steps[:last], vals[key][:, :last].mean(axis=0), "-o", markersize=2.5,
+                            color=colour, linewidth=1.2, label=label if ax is ax_e else None)
+                if bad.any() and last > 0:
+                    ax.plot([steps[last - 1]], [vals[key][:, last - 1].mean()], "x",
+                            color=colour, markersize=9)
+        label = next(iter(by_family[fam].values()))[0]["label"]
+        ax_e.set_title(label, fontsize=10)
+        ax_e.set_ylabel("test MPJPE (mm)")
+        ax_c.set_ylabel("test median |C| (mm)")
+        ax_c.set_yscale("log")
+        ax_c.set_xlabel("iteration")
+        ax_e.legend(fontsize=6.5, loc="best")
+        for ax in (ax_e, ax_c):
+            ax.grid(True, which="both", alpha=0.3)
+    for n in range(len(order), nrows * cols):
+        axes[2 * (n // cols), n % cols].axis("off")
+        axes[2 * (n // cols) + 1, n % cols].axis("off")
+    name = results.get("study", {}).get("name", "")
+    fig.suptitle(f"Pose study ({name}): test learning curves, mean over seeds, one line per "
+                 "configuration (x: diverged after this checkpoint)")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

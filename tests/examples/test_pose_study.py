@@ -48,8 +48,9 @@ def test_soft_front_and_dominance_rule():
     assert "h2" in v["neither"] and "h4" not in v["neither"]
 
 
-def test_grids_have_three_values_of_each_main_hyperparameter():
-    fams = {f.name: f for f in study.get_study("study").families}
+@pytest.mark.parametrize("preset", ["study", "study-long"])
+def test_grids_have_three_values_of_each_main_hyperparameter(preset):
+    fams = {f.name: f for f in study.get_study(preset).families}
     soft = fams["soft-adam"].grid
     assert sorted({g["lam"] for g in soft}) == [0.01, 0.1, 1.0, 10.0]
     assert len({g["lr"] for g in soft}) == 3
@@ -60,7 +61,50 @@ def test_grids_have_three_values_of_each_main_hyperparameter():
         assert len({g["alpha"] for g in fams[name].grid}) == 3
     assert len({g["penalty"] for g in fams["al-adam"].grid}) == 3
     assert len({g["decay"] for g in fams["hard-adam-memory"].grid}) == 3
-    assert study.get_study("study").seeds == (0, 1, 2)
+    assert study.get_study(preset).seeds == (0, 1, 2)
+    if preset == "study-long":  # the learning-rate sweeps the 120-iteration study lacked
+        assert len({g["lr"] for g in fams["al-adam"].grid}) == 3
+        assert len({g["lr"] for g in fams["hard-adam-memory"].grid}) == 3
+        assert set(fams) == {f.name for f in study.FAMILIES}
+        assert study.get_study(preset).steps >= 2 * study.get_study("study").steps
+
+
+def _fake_results(curves):
+    """Study results with one run per (config, seed): ``curves[cid][seed]`` = [(mpjpe, |C|), ...]."""
+    runs = {}
+    for cid, seeds in curves.items():
+        fam, hyper = cid.split("/")
+        for seed, points in enumerate(seeds):
+            cks = [{"step": 10 * i,
+                    "test": {"mpjpe_mm": e, "median_abs_c_mm": c, "fraction_met": [0.5]},
+                    "pool": {"mpjpe_mm": e, "median_abs_c_mm": c, "fraction_met": [0.5]},
+                    "train": {}} for i, (e, c) in enumerate(points)]
+            runs[f"{cid}/seed={seed}"] = {
+                "family": fam, "label": fam, "kind": fam, "config_id": cid,
+                "hyper": {"lr": float(hyper.split("=")[1])}, "seed": seed, "status": "done",
+                "checkpoints": cks, "seconds_per_step": 0.1}
+    return {"runs": runs, "thresholds_mm": [1.0], "study": {"name": "fake", "steps": 40},
+            "unconstrained": {"test": {"mpjpe_mm": 90.0, "median_abs_c_mm": 7.0},
+                              "pool": {"mpjpe_mm": 90.0, "median_abs_c_mm": 7.0}}}
+
+
+def test_last_quarter_drift_and_curves_with_a_diverged_run(tmp_path):
+    # Checkpoints at 0, 10, 20, 30, 40: the last quarter starts at step 30.
+    res = _fake_results({
+        "soft-adam/lr=0.1": [[(90, 7), (88, 5), (87, 4), (86, 3), (84, 2.5)],
+                             [(90, 7), (88, 5), (87, 4), (85, 3), (85, 2.0)]],
+        "hard-adam/lr=0.1": [[(90, 7), (95, 2), (300, 1), (None, None), (None, None)],
+                             [(90, 7), (95, 2), (96, 1), (97, 1), (98, 1)]],
+    })
+    rows = {r["config_id"]: r for r in study_report.summarise(res)}
+    step, change = rows["soft-adam/lr=0.1"]["test_mpjpe_mm_drift"]
+    assert step == 30 and change == pytest.approx(((84 - 86) + (85 - 85)) / 2)
+    assert rows["soft-adam/lr=0.1"]["test_median_abs_c_mm_drift"][1] == pytest.approx(-0.75)
+    assert rows["hard-adam/lr=0.1"]["test_mpjpe_mm_drift"] == (30, None)
+    table = study_report.format_table(list(rows.values()), res)
+    assert "-1.0 / -0.75 (from 30)" in table and "diverged" in table
+    study_report.plot_curves(res, list(rows.values()), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
 # --------------------------------------------------------------------------
