@@ -190,9 +190,10 @@ def _long_families() -> tuple[Family, ...]:
     diverged at every decay (1, 0.9, 0.5). Its multipliers carry the
     feasibility correction of the step they were found in, which the learning
     rate does not scale, and a pool sample is active again only every few
-    hundred steps: the stored pull is applied ``1 / (1 - decay)`` times
-    before it is refreshed. So the memory's sweep goes down to a decay of
-    0.01 per step, with Hard-Adam's learning rates. The families are ordered
+    hundred steps, so until then the stored pull acts with a total weight
+    of ``1 / (1 - decay)``. So the memory's sweep goes down to a decay of
+    0.01 per step, with Hard-Adam's learning rates (it still diverged there:
+    ``docs/results/pose_study_long``). The families are ordered
     so that an interrupted run has the baselines first.
     """
     by_name = {f.name: f for f in FAMILIES}

@@ -83,9 +83,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"test_{key}_drift"] = _drift(runs, key)
         for key in ("normal_share", "step_norm_mean", "multiplier_abs_mean_mean",
                     "linearized_residual_mean", "kkt_ok_mean", "loss_mean"):
-            vals = [c["train"].get(key) for c in last]
-            if all(v is not None for v in vals) and vals:
-                row[key] = _stat(vals)
+            if any(key in c["train"] for c in last):  # a diverged seed's None (JSON) or NaN: "diverged"
+                row[key] = _stat([c["train"].get(key) for c in last])
         rows.append(row)
     return rows
 
@@ -389,8 +388,8 @@ def plot_curves(results: dict[str, Any], rows: list[dict[str, Any]], path) -> No
             vals = {key: np.array([[np.nan if c["test"][key] is None else c["test"][key]
                                     for c in r["checkpoints"][:len(steps)]] for r in runs], float)
                     for key in ("mpjpe_mm", "median_abs_c_mm")}
-            bad = ~np.all(np.isfinite(vals["mpjpe_mm"]), axis=0) | (
-                np.nanmax(np.where(np.isfinite(vals["mpjpe_mm"]), vals["mpjpe_mm"], 0.0), axis=0) > cap)
+            finite = np.isfinite(vals["mpjpe_mm"])
+            bad = ~finite.all(axis=0) | (np.where(finite, vals["mpjpe_mm"], 0.0).max(axis=0) > cap)
             last = len(steps) if not bad.any() else int(np.argmax(bad))
             label = _hyper(runs[0]["hyper"]) + (" (diverged)" if bad.any() else "")
             colour = cmap(k / max(len(configs) - 1, 1))
@@ -401,8 +400,7 @@ def plot_curves(results: dict[str, Any], rows: list[dict[str, Any]], path) -> No
                 if bad.any() and last > 0:
                     ax.plot([steps[last - 1]], [vals[key][:, last - 1].mean()], "x",
                             color=colour, markersize=9)
-        label = next(iter(by_family[fam].values()))[0]["label"]
-        ax_e.set_title(label, fontsize=10)
+        ax_e.set_title(configs[0][1][0]["label"], fontsize=10)
         ax_e.set_ylabel("test MPJPE (mm)")
         ax_c.set_ylabel("test median |C| (mm)")
         ax_c.set_yscale("log")
@@ -429,7 +427,7 @@ def write_report(results: dict[str, Any], out, *, figures: bool = True) -> dict[
     text = ["# Pose study", "",
             f"Study `{results.get('study', {}).get('name')}` on the data and unconstrained model "
             f"of `{results.get('study', {}).get('base')}`; mean ± s.d. over seeds "
-            f"{results.get('study', {}).get('seeds')} after "
+            f"{list(results.get('study', {}).get('seeds', []))} after "
             f"{results.get('study', {}).get('steps')} iterations.", "",
             format_table(rows, results), "", "## Verdict (test)", "", format_verdict(verdicts["test"]),
             "", "## Verdict (pool)", "", format_verdict(verdicts["pool"]), "",

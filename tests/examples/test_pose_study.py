@@ -96,7 +96,12 @@ def test_last_quarter_drift_and_curves_with_a_diverged_run(tmp_path):
         "hard-adam/lr=0.1": [[(90, 7), (95, 2), (300, 1), (None, None), (None, None)],
                              [(90, 7), (95, 2), (96, 1), (97, 1), (98, 1)]],
     })
+    # Read back from JSON a diverged seed's statistics are None (NaN in memory): either reads "diverged".
+    for seed, share in ((0, None), (1, 0.5)):
+        res["runs"][f"hard-adam/lr=0.1/seed={seed}"]["checkpoints"][-1]["train"]["normal_share"] = share
     rows = {r["config_id"]: r for r in study_report.summarise(res)}
+    assert rows["hard-adam/lr=0.1"]["normal_share"] == (None, None)
+    assert "normal_share" not in rows["soft-adam/lr=0.1"]
     step, change = rows["soft-adam/lr=0.1"]["test_mpjpe_mm_drift"]
     assert step == 30 and change == pytest.approx(((84 - 86) + (85 - 85)) / 2)
     assert rows["soft-adam/lr=0.1"]["test_median_abs_c_mm_drift"][1] == pytest.approx(-0.75)
